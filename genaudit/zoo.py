@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import ArchitectureError
@@ -44,7 +45,9 @@ class ArchEntry:
 _REGISTRY: dict[str, ArchEntry] = {}
 
 
-def register(name: str, summary: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register(
+    name: str, summary: str
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a factory to the registry under ``name``."""
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -90,9 +93,11 @@ def build(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
 
 
 def _num_doublings(image_size: int, base: int = 4) -> int:
-    n = int(round(math.log2(image_size / base))) if image_size >= base else -1
+    n = round(math.log2(image_size / base)) if image_size >= base else -1
     if image_size < 2 * base or base * 2**n != image_size:
-        raise ValueError(f"image_size must be {2 * base}, {4 * base}, {8 * base}, … (got {image_size})")
+        raise ValueError(
+            f"image_size must be {2 * base}, {4 * base}, {8 * base}, … (got {image_size})"
+        )
     return n
 
 
@@ -119,7 +124,7 @@ class DCGANGenerator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.genaudit_input = InputInfo("latent", (nz, 1, 1))
 
-    def forward(self, z):  # type: ignore[no-untyped-def]
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.main(z)
 
 
@@ -142,7 +147,7 @@ class DCGANDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.genaudit_input = InputInfo("data", (nc, image_size, image_size))
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)
 
 
@@ -164,7 +169,7 @@ class VAEEncoder(nn.Module):
         self.nz = nz
         self.genaudit_input = InputInfo("data", (nc, image_size, image_size))
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.features(x)))
 
 
@@ -186,7 +191,7 @@ class VAEDecoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.genaudit_input = InputInfo("latent", (nz,))
 
-    def forward(self, z):  # type: ignore[no-untyped-def]
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.features(self.unflatten(self.fc(z)))
 
 
@@ -204,7 +209,7 @@ class VAE(nn.Module):
         self.decoder = VAEDecoder(image_size, nc, nz, ngf)
         self.genaudit_input = self.decoder.genaudit_input
 
-    def forward(self, z):  # type: ignore[no-untyped-def]
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
 
@@ -218,7 +223,9 @@ def dcgan_discriminator(image_size: int = 64, nc: int = 3, ndf: int = 64) -> nn.
     return DCGANDiscriminator(image_size, nc, ndf)
 
 
-@register("vae_encoder", "convolutional β-VAE encoder as in Besserve et al. 2021, image → (μ, log σ²)")
+@register(
+    "vae_encoder", "convolutional β-VAE encoder as in Besserve et al. 2021, image → (μ, log σ²)"
+)
 def vae_encoder(image_size: int = 64, nc: int = 3, nz: int = 32, nef: int = 32) -> nn.Module:
     return VAEEncoder(image_size, nc, nz, nef)
 

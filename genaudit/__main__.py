@@ -1,0 +1,5 @@
+"""``python -m genaudit``."""
+
+from genaudit.cli import main
+
+main()

@@ -1,0 +1,515 @@
+"""Command line: parse → config → analysis → report/export → exit code. No maths here."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import ExitCode, GenauditError, UsageError
+from .export import check_destination, emit, envelope, to_csv, to_json
+from .layers import select_layers, walk_layers
+from .model import (
+    InputOptions,
+    LoadedModel,
+    LoadOptions,
+    load_model,
+    make_input_source,
+    parse_json_kwargs,
+    parse_shape,
+    resolve_device,
+    trial_forward,
+)
+from .report import layers_table, levels_table, sdr_table
+from .sdr import DEFAULT_TOLERANCE, SDRResult, run_sdr
+
+app = typer.Typer(
+    name="genaudit",
+    help="Audit trained PyTorch generators for independent mechanisms (Besserve et al. 2021).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """Tables on stdout: the terminal's width, or 160 columns when piped (no truncation)."""
+    probe = Console()
+    return Console(highlight=False, width=probe.width if probe.is_terminal else 160)
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return bool(root and isinstance(root.obj, dict) and root.obj.get("debug"))
+
+
+def handle_errors(fn: F) -> F:
+    """Map library errors to a one- or two-line message on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except GenauditError as exc:
+            if _debug():
+                raise
+            err = stderr_console()
+            lines = exc.lines()
+            err.print(f"error: {lines[0]}", markup=False)
+            for line in lines[1:]:
+                err.print(f"hint: {line}", markup=False)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            stderr_console().print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _debug():
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            err = stderr_console()
+            err.print(f"internal error: {type(exc).__name__}: {first}", markup=False)
+            err.print(
+                "hint: rerun with --debug for the traceback, and please report it", markup=False
+            )
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        typer.echo(f"genaudit {__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """genaudit: spectral density ratios, stretch interventions and a CI gate for generators."""
+    ctx.obj = {"debug": debug}
+
+
+# --------------------------------------------------------------------------- shared options
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Checkpoint: .safetensors (or sharded index), torch state dict, Lightning .ckpt …",
+        show_default=False,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture: a registered name (see `genaudit archs`) or pkg.module:Factory.",
+    ),
+]
+ArchKwargsOpt = Annotated[
+    str | None,
+    typer.Option("--arch-kwargs", help="JSON object of keyword arguments for the architecture."),
+]
+StateKeyOpt = Annotated[
+    str | None,
+    typer.Option("--state-key", help="Dotted key of the state dict inside a nested checkpoint."),
+]
+StripPrefixOpt = Annotated[
+    str | None, typer.Option("--strip-prefix", help="Prefix to remove from every weight name.")
+]
+ModuleOpt = Annotated[
+    str | None, typer.Option("--module", help="Audit this submodule (dotted path, e.g. decoder).")
+]
+AllowGlobalOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-global",
+        help="Allow an inert type (e.g. argparse.Namespace) in a weights-only file. Repeatable.",
+    ),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Load code-bearing checkpoints (pickled modules, .pt2). Code in the file WILL run.",
+    ),
+]
+LatentsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--latents",
+        help="File of latents (.pt, .npy, .safetensors); repeat for each positional input.",
+    ),
+]
+SamplerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sampler", help="pkg.module:function called as fn(batch_size, generator, device)."
+    ),
+]
+ZShapeOpt = Annotated[
+    str | None, typer.Option("--z-shape", help="Latent shape without batch, e.g. 100 or 100,1,1.")
+]
+ZDistOpt = Annotated[
+    str, typer.Option("--z-dist", help="Latent distribution: normal or uniform (on [-1, 1]).")
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes",
+        help="Conditional generator: number of classes (labels are the second input).",
+    ),
+]
+LabelFormatOpt = Annotated[
+    str, typer.Option("--label-format", help="Labels as int indices or onehot vectors.")
+]
+InputsOpt = Annotated[
+    str | None,
+    typer.Option("--inputs", help="File of data samples, for encoders and discriminators."),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Seed of the private random generator [default: 0].")
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [default: auto].")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Samples per forward pass [default: 64].")
+]
+NumSamplesOpt = Annotated[
+    int | None, typer.Option("--num-samples", help="Number of samples [default: 512].")
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Configuration file (default: genaudit.toml or [tool.genaudit] in pyproject.toml).",
+    ),
+]
+JsonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--json",
+        help="Write the JSON report to FILE, or - for stdout (then nothing else goes there).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded model on its device, its input source and the effective settings."""
+
+    loaded: LoadedModel
+    source: Any
+    settings: Settings
+    device: Any
+    config: dict[str, Any]
+    table: dict[str, Any]
+
+
+def prepare(
+    model_path: str,
+    *,
+    arch: str | None,
+    arch_kwargs: str | None,
+    state_key: str | None,
+    strip_prefix: str | None,
+    module: str | None,
+    allow_global: list[str] | None,
+    trust_checkpoint: bool | None,
+    latents: list[str] | None,
+    sampler: str | None,
+    z_shape: str | None,
+    z_dist: str | None,
+    num_classes: int | None,
+    label_format: str | None,
+    inputs: str | None,
+    seed: int | None,
+    device: str | None,
+    batch_size: int | None,
+    num_samples: int | None,
+    config: str | None,
+) -> Prepared:
+    """Everything the commands share: settings, checkpoint, model on device, confirmed inputs."""
+    settings, table = load_settings(config)
+    settings = settings.with_flags(
+        seed=seed, device=device, batch_size=batch_size, num_samples=num_samples
+    )
+    dev = resolve_device(settings.device)
+    load_opts = LoadOptions(
+        arch=arch,
+        arch_kwargs=parse_json_kwargs(arch_kwargs),
+        state_key=state_key,
+        strip_prefix=strip_prefix,
+        module=module,
+        allow_globals=tuple(allow_global or ()),
+        trust_checkpoint=bool(trust_checkpoint),
+    )
+    loaded = load_model(model_path, load_opts)
+    if loaded.trusted:
+        stderr_console().print(
+            f"WARNING: {model_path} was loaded with --trust-checkpoint: code stored in it has run "
+            "in this process. This is recorded in the report.",
+            style="bold red",
+            markup=False,
+        )
+    model = loaded.model.to(dev)
+    input_opts = InputOptions(
+        latents=tuple(latents or ()),
+        sampler=sampler,
+        z_shape=parse_shape(z_shape),
+        z_dist=z_dist or "normal",
+        num_classes=num_classes,
+        label_format=label_format or "int",
+        inputs=inputs,
+        seed=settings.seed,
+    )
+    source = make_input_source(model, input_opts)
+    trial_forward(model, source, dev)
+    cfg = {
+        **settings.to_dict(),
+        "load": {
+            "arch": arch,
+            "arch_kwargs": load_opts.arch_kwargs,
+            "state_key": state_key,
+            "strip_prefix": strip_prefix,
+            "module": module,
+            "allow_globals": list(load_opts.allow_globals),
+            "trust_checkpoint": bool(trust_checkpoint),
+        },
+        "inputs": source.description,
+    }
+    return Prepared(loaded, source, settings, dev, cfg, table)
+
+
+_COMMON = (
+    "arch", "arch_kwargs", "state_key", "strip_prefix", "module", "allow_global",
+    "trust_checkpoint", "latents", "sampler", "z_shape", "z_dist", "num_classes", "label_format",
+    "inputs", "seed", "device", "batch_size", "num_samples", "config",
+)  # fmt: skip
+
+
+def _common(values: dict[str, Any]) -> dict[str, Any]:
+    """The shared options of a command, from its ``locals()`` (absent ones are None)."""
+    return {k: values.get(k) for k in _COMMON}
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeatable options that also accept comma-separated lists."""
+    return [v.strip() for item in values or () for v in item.split(",") if v.strip()]
+
+
+@app.command("layers")
+@handle_errors
+def layers_cmd(
+    model: ModelArg,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    state_key: StateKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    module: ModuleOpt = None,
+    allow_global: AllowGlobalOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    latents: LatentsOpt = None,
+    sampler: SamplerOpt = None,
+    z_shape: ZShapeOpt = None,
+    z_dist: ZDistOpt = "normal",
+    num_classes: NumClassesOpt = None,
+    label_format: LabelFormatOpt = "int",
+    inputs: InputsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Inventory: every Linear and convolution layer in execution order, with shapes, level
+    and which analysis applies."""
+    check_destination(json_out, "--json")
+    prep = prepare(model, **_common(locals()))
+    first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
+    records = walk_layers(prep.loaded.model, first, prep.settings.levels)
+    if json_out:
+        doc = envelope(
+            "layers",
+            str(prep.device),
+            prep.config,
+            checkpoint=prep.loaded.describe(),
+            results={"layers": [r.to_dict() for r in records]},
+        )
+        emit(json_out, to_json(doc))
+    if json_out != "-":
+        title = f"{Path(model).name}: {len(records)} layers ({prep.loaded.arch})"
+        stdout_console().print(layers_table(records, title=title))
+
+
+LayersOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layers",
+        help="Layers to analyse: level names, dotted names, globs or indices; repeatable or "
+        "comma-separated [default: all].",
+    ),
+]
+CsvOpt = Annotated[
+    str | None, typer.Option("--csv", help="Write a tidy CSV to FILE (- for stdout).")
+]
+
+
+def _progress(total: int, label: str) -> Any:
+    """A progress bar on stderr (silent when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = stderr_console()
+    return Progress(
+        f"[progress.description]{label}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def _one_stdout(*targets: str | None) -> None:
+    if sum(t == "-" for t in targets) > 1:
+        raise UsageError("only one of --json and --csv can write to stdout (-)")
+
+
+@app.command("sdr")
+@handle_errors
+def sdr_cmd(
+    model: ModelArg,
+    layers: LayersOpt = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance", help="A pair is generic when |log10 SDR| <= this [default: 0.1]."
+        ),
+    ] = None,
+    pairs: Annotated[
+        bool, typer.Option("--pairs", help="Include every pair's SDR in the JSON.")
+    ] = False,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    state_key: StateKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    module: ModuleOpt = None,
+    allow_global: AllowGlobalOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    latents: LatentsOpt = None,
+    sampler: SamplerOpt = None,
+    z_shape: ZShapeOpt = None,
+    z_dist: ZDistOpt = "normal",
+    num_classes: NumClassesOpt = None,
+    label_format: LabelFormatOpt = "int",
+    inputs: InputsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+    csv_out: CsvOpt = None,
+) -> None:
+    """Spectral density ratio of every (filter, activation map) pair of every convolution layer,
+    summarised per layer and per level; the trace method for Linear layers and 1×1 inputs."""
+    _one_stdout(json_out, csv_out)
+    check_destination(json_out, "--json")
+    check_destination(csv_out, "--csv")
+    prep = prepare(model, **_common(locals()))
+    tol = sdr_tolerance(prep.table, tolerance)
+    if prep.source.description["kind"] == "probe":
+        raise UsageError(
+            f"{Path(model).name} is fed data ({prep.loaded.arch}), and no data was given",
+            "pass --inputs FILE with samples of shape "
+            + "×".join(map(str, prep.source.description["shape"])),
+        )
+    first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
+    records = walk_layers(prep.loaded.model, first, prep.settings.levels)
+    chosen = select_layers(records, _split(layers))
+    n = prep.settings.num_samples
+    if prep.source.available is not None:
+        n = min(n, prep.source.available) if num_samples is None else n
+    with _progress(n, "sampling") as bar:
+        task = bar.add_task("sampling", total=n)
+        result = run_sdr(
+            prep.loaded.model, chosen, prep.source, num_samples=n,
+            batch_size=prep.settings.batch_size, device=prep.device, tolerance=tol,
+            progress=lambda k: bar.advance(task, k),
+        )  # fmt: skip
+    config_doc = {**prep.config, "num_samples": n, "layers": _split(layers) or ["all"],
+                  "tolerance": tol, "pairs": pairs}  # fmt: skip
+    if json_out:
+        doc = envelope(
+            "sdr", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
+            results=result.to_dict(pairs=pairs),
+        )  # fmt: skip
+        emit(json_out, to_json(doc))
+    if csv_out:
+        emit(csv_out, to_csv(SDRResult.CSV_HEADER, result.csv_rows()))
+    if "-" not in (json_out, csv_out):
+        out = stdout_console()
+        title = (
+            f"{Path(model).name}: SDR per layer, {n} samples. mean, SD, percentiles and histogram "
+            f"are of log10 SDR; generic: |log10 SDR| ≤ {tol:g}"
+        )
+        out.print(sdr_table(result, title=title))
+        out.print()
+        out.print(levels_table(result, title="per level (pairs of all its layers pooled)"))
+
+
+def sdr_tolerance(table: dict[str, Any], flag: float | None) -> float:
+    """The genericity tolerance: flag, else ``[sdr] tolerance`` in the configuration, else 0.1."""
+    value = flag
+    if value is None:
+        section = table.get("sdr", {})
+        if not isinstance(section, dict):
+            raise UsageError("[sdr] in the configuration must be a table")
+        unknown = sorted(set(section) - {"tolerance"})
+        if unknown:
+            raise UsageError(
+                f"unknown key(s) in [sdr]: {', '.join(unknown)}", "valid keys: tolerance"
+            )
+        value = section.get("tolerance", DEFAULT_TOLERANCE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise UsageError(f"the SDR tolerance must be a positive number (got {value!r})")
+    return float(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``genaudit`` script and ``python -m genaudit``."""
+    app(args=argv, prog_name="genaudit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

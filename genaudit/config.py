@@ -1,0 +1,125 @@
+"""Configuration: frozen dataclasses, the only home of defaults; reads ``[tool.genaudit]``.
+
+Sources, lowest priority first: built-in defaults, ``[tool.genaudit]`` in ``pyproject.toml`` or
+a ``genaudit.toml`` (top level or under ``tool.genaudit``) in the current folder, or the file
+given with ``--config``; command-line flags win over all of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every effective setting of a run; serialised into JSON reports."""
+
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 64
+    num_samples: int = 512
+    levels: Mapping[str, str] = field(default_factory=dict)
+    config_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v)
+            for f in fields(self)
+        }
+
+    def with_flags(self, **flags: Any) -> Settings:
+        """Command-line flags (None means 'not given') win over the file and the defaults."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        settings = replace(self, **given)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.num_samples < 1:
+            raise UsageError(f"number of samples must be at least 1 (got {self.num_samples})")
+
+
+_SCALARS: dict[str, type] = {"seed": int, "device": str, "batch_size": int, "num_samples": int}
+# Sections that later commands read; accepted here so that one file serves every command.
+_SECTIONS = {"levels", "sdr", "stretch", "check"}
+
+
+def find_config_file(cwd: Path | None = None) -> Path | None:
+    """``genaudit.toml`` in ``cwd``, else a ``pyproject.toml`` there with ``[tool.genaudit]``."""
+    cwd = cwd or Path.cwd()
+    own = cwd / "genaudit.toml"
+    if own.is_file():
+        return own
+    py = cwd / "pyproject.toml"
+    if py.is_file():
+        try:
+            data = tomllib.loads(py.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+            return None  # a broken pyproject.toml that has nothing for us is not our business
+        if "genaudit" in data.get("tool", {}):
+            return py
+    return None
+
+
+def read_table(path: Path) -> dict[str, Any]:
+    """The genaudit table of a config file (``[tool.genaudit]`` or, in genaudit.toml, top level)."""
+    if not path.is_file():
+        raise UsageError(f"configuration file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"configuration file {path} is not valid TOML: {exc}") from None
+    if "genaudit" in data.get("tool", {}):
+        table = data["tool"]["genaudit"]
+    elif path.name == "pyproject.toml":
+        table = {}
+    else:
+        table = {k: v for k, v in data.items() if k != "tool"}
+    if not isinstance(table, dict):
+        raise UsageError(f"[tool.genaudit] in {path} must be a table")
+    return table
+
+
+def load_settings(
+    config: str | Path | None = None, cwd: Path | None = None
+) -> tuple[Settings, dict[str, Any]]:
+    """Settings from the configuration file (if any) over the defaults, and the raw table.
+
+    The raw table carries the sections that individual commands read (``sdr``, ``check`` …).
+    """
+    path = Path(config) if config else find_config_file(cwd)
+    if path is None:
+        return Settings(), {}
+    table = read_table(path)
+    unknown = sorted(set(table) - set(_SCALARS) - _SECTIONS)
+    if unknown:
+        raise UsageError(
+            f"unknown key(s) in {path}: {', '.join(unknown)}",
+            f"valid keys: {', '.join(sorted([*_SCALARS, *_SECTIONS]))}",
+        )
+    values: dict[str, Any] = {"config_file": str(path)}
+    for key, kind in _SCALARS.items():
+        if key in table:
+            if not isinstance(table[key], kind) or isinstance(table[key], bool):
+                raise UsageError(f"{key} in {path} must be {kind.__name__}, got {table[key]!r}")
+            values[key] = table[key]
+    levels = table.get("levels", {})
+    if not isinstance(levels, dict) or not all(isinstance(v, str) for v in levels.values()):
+        raise UsageError(f"[levels] in {path} must map layer names or globs to level names")
+    values["levels"] = dict(levels)
+    settings = Settings(**values)
+    settings.validate()
+    return settings, table

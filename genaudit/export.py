@@ -1,0 +1,101 @@
+"""Results → JSON / CSV files, written atomically (DESIGN §8)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import UsageError
+
+SCHEMA_VERSION = 1
+
+
+def envelope(command: str, device: str, config: Mapping[str, Any], **parts: Any) -> dict[str, Any]:
+    """The fields every JSON report starts with: schema, versions, device, configuration."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "genaudit_version": __version__,
+        "torch_version": torch.__version__,
+        "device": device,
+        "config": dict(config),
+        **parts,
+    }
+
+
+def _clean(value: Any) -> Any:
+    """Make values JSON-safe and deterministic: NaN/inf → null, tuples → lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def to_json(document: Mapping[str, Any]) -> str:
+    """Serialise a report; identical input gives byte-identical text."""
+    return json.dumps(_clean(document), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def check_destination(target: str | None, flag: str) -> None:
+    """Fail early (exit 2) when an output file cannot be written, before any work is done."""
+    if target is None or target == "-":
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise UsageError(f"{flag} {target} is a directory", "give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {target}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {target}: folder {parent} is not writable")
+
+
+def write_atomic(target: str | Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same folder and rename: all or nothing."""
+    path = Path(target)
+    payload = data if isinstance(data, bytes) else data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def emit(target: str, text: str) -> None:
+    """Write ``text`` to ``target``; ``-`` means standard output."""
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomic(target, text)
+
+
+def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Tidy CSV text with a header row; NaN written as an empty field."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if isinstance(v, float) and not math.isfinite(v) else v for v in row])
+    return buf.getvalue()

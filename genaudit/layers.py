@@ -1,0 +1,296 @@
+"""Module → ordered layer records with levels (DESIGN §4).
+
+The order is the order in which layers *run*, found by a dry run with forward hooks, not the
+order in which they were registered.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import NothingToAnalyseError, UsageError
+from .hooks import eval_mode, forward_hooks
+
+LEVELS = ("projection", "coarse", "intermediate", "fine", "image")
+LINEAR_LEVEL = "linear"
+ALL_LEVELS = (*LEVELS, LINEAR_LEVEL)
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One Linear or convolution layer as seen in a dry run.
+
+    Shapes exclude the batch dimension. ``input_shape`` is the layer's actual input (for
+    ``Upsample + Conv``, the upsampled map).
+    """
+
+    index: int
+    name: str
+    type: str
+    transposed: bool
+    dims: int
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    calls: int
+    level: str
+    analysis: str  # "sdr", "trace" or "skipped"
+    reason: str | None
+    pairs: int
+
+    @property
+    def is_conv(self) -> bool:
+        return self.type != "Linear"
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The spatial grid of the layer's input (empty for Linear)."""
+        return tuple(self.input_shape[1:]) if self.is_conv else ()
+
+    @property
+    def output_grid(self) -> tuple[int, ...]:
+        return tuple(self.output_shape[1:]) if self.is_conv else ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+def is_audited_layer(module: nn.Module) -> bool:
+    """Conv1d/2d/3d, ConvTranspose1d/2d/3d (also parametrised) and Linear."""
+    return isinstance(module, nn.modules.conv._ConvNd | nn.Linear)
+
+
+def _tuple(v: Any, d: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in v) if isinstance(v, tuple | list) else (int(v),) * d
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, tuple | list):
+        for item in x:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+@dataclass
+class _Seen:
+    module: nn.Module
+    name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    calls: int = 1
+
+
+def dry_run(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[_Seen]:
+    """Run ``model`` once and return the audited layers in the order they first ran."""
+    names = {
+        id(m): n for n, m in model.named_modules(remove_duplicate=False) if is_audited_layer(m)
+    }
+    modules = {id(m): m for m in model.modules() if is_audited_layer(m)}
+    seen: dict[int, _Seen] = {}
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        key = id(module)
+        if key in seen:
+            seen[key].calls += 1
+            return
+        x, y = _first_tensor(args), _first_tensor(output)
+        if x is None or y is None:
+            return
+        seen[key] = _Seen(module, names[key], tuple(x.shape[1:]), tuple(y.shape[1:]))
+
+    with eval_mode(model), forward_hooks([(m, hook) for m in modules.values()]), torch.no_grad():
+        model(*inputs)
+    return list(seen.values())
+
+
+def _record(index: int, s: _Seen) -> dict[str, Any]:
+    m = s.module
+    if isinstance(m, nn.Linear):
+        return dict(
+            index=index, name=s.name, type="Linear", transposed=False, dims=0,
+            in_channels=m.in_features, out_channels=m.out_features, kernel_size=(), stride=(),
+            padding=(), dilation=(), groups=1, input_shape=s.input_shape,
+            output_shape=s.output_shape, calls=s.calls,
+        )  # fmt: skip
+    assert isinstance(m, nn.modules.conv._ConvNd)
+    d = m.weight.ndim - 2
+    cls = type(m)
+    if parametrize.is_parametrized(m):
+        # torch.nn.utils.parametrize swaps in a subclass named Parametrized<Original>
+        cls = cls.__bases__[0]
+    padding: tuple[int, ...] | str = (
+        m.padding if isinstance(m.padding, str) else _tuple(m.padding, d)
+    )
+    return dict(
+        index=index, name=s.name, type=cls.__name__, transposed=bool(m.transposed), dims=d,
+        in_channels=m.in_channels, out_channels=m.out_channels,
+        kernel_size=_tuple(m.kernel_size, d), stride=_tuple(m.stride, d), padding=padding,
+        dilation=_tuple(m.dilation, d), groups=m.groups, input_shape=s.input_shape,
+        output_shape=s.output_shape, calls=s.calls,
+    )  # fmt: skip
+
+
+def _analysis(rec: dict[str, Any]) -> tuple[str, str | None, int]:
+    """Which statistic applies: SDR on a grid, the trace method on vectors, or nothing."""
+    if rec["type"] == "Linear":
+        return "trace", None, 1
+    grid = rec["input_shape"][1:]
+    size = math.prod(grid)
+    if size == 1:
+        return "trace", None, 1
+    if size - 1 < 2:
+        return (
+            "skipped",
+            f"input grid {'×'.join(map(str, grid))} has fewer than 2 non-zero frequencies",
+            0,
+        )
+    return "sdr", None, rec["out_channels"] * (rec["in_channels"] // rec["groups"])
+
+
+def split_contiguous(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    """Split ``items`` into ``parts`` contiguous groups as equal as possible (larger first)."""
+    q, r = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        size = q + (1 if k < r else 0)
+        out.append(list(items[start : start + size]))
+        start += size
+    return out
+
+
+def assign_levels(records: list[dict[str, Any]]) -> list[str]:
+    """Levels of DESIGN §4 for records in execution order."""
+    levels = [LINEAR_LEVEL] * len(records)
+    convs = [i for i, r in enumerate(records) if r["type"] != "Linear"]
+    if not convs:
+        return levels
+    image = convs[-1]
+    levels[image] = "image"
+    rest = []
+    for i in convs[:-1]:
+        if math.prod(records[i]["input_shape"][1:]) == 1:
+            levels[i] = "projection"
+        else:
+            rest.append(i)
+
+    def resolution(i: int) -> tuple[int, tuple[int, ...]]:
+        grid = tuple(records[i]["output_shape"][1:])
+        return (math.prod(grid), grid)
+
+    resolutions = sorted({resolution(i) for i in rest})
+    names: list[str]
+    if len(resolutions) >= 3:
+        groups = split_contiguous(resolutions, 3)
+        names = ["coarse", "intermediate", "fine"]
+    elif len(resolutions) == 2:
+        groups, names = [[resolutions[0]], [resolutions[1]]], ["coarse", "fine"]
+    else:
+        groups, names = [resolutions], ["fine"]
+    level_of = {res: name for group, name in zip(groups, names, strict=True) for res in group}
+    for i in rest:
+        levels[i] = level_of[resolution(i)]
+    return levels
+
+
+def walk_layers(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    level_overrides: Mapping[str, str] | None = None,
+) -> list[LayerRecord]:
+    """Audited layers of ``model`` in execution order, with shapes, levels and analysis.
+
+    ``level_overrides`` maps dotted names or glob patterns to level names (configuration).
+    """
+    seen = dry_run(model, inputs)
+    if not seen:
+        raise NothingToAnalyseError(
+            "no Linear or convolution layer ran in a forward pass of the model",
+            "check --module: genaudit audits Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear layers",
+        )
+    recs = [_record(i, s) for i, s in enumerate(seen)]
+    levels = assign_levels(recs)
+    out = []
+    for rec, level in zip(recs, levels, strict=True):
+        analysis, reason, pairs = _analysis(rec)
+        out.append(LayerRecord(**rec, level=level, analysis=analysis, reason=reason, pairs=pairs))
+    if level_overrides:
+        out = apply_level_overrides(out, level_overrides)
+    return out
+
+
+def apply_level_overrides(
+    records: list[LayerRecord], overrides: Mapping[str, str]
+) -> list[LayerRecord]:
+    """Reassign levels from configuration: ``{"main.3": "coarse", "decoder.*": "fine"}``."""
+    for pattern, level in overrides.items():
+        if level not in ALL_LEVELS:
+            raise UsageError(
+                f"configuration maps {pattern!r} to unknown level {level!r}",
+                f"levels are: {', '.join(ALL_LEVELS)}",
+            )
+        if not any(_matches(r, pattern) for r in records):
+            raise UsageError(
+                f"configuration maps {pattern!r} to level {level!r}, but no layer matches it",
+                "layers: " + ", ".join(r.name for r in records),
+            )
+    result = []
+    for r in records:
+        for pattern, level in overrides.items():
+            if _matches(r, pattern):
+                r = replace(r, level=level)
+        result.append(r)
+    return result
+
+
+def _matches(record: LayerRecord, pattern: str) -> bool:
+    return (
+        record.name == pattern
+        or fnmatch.fnmatchcase(record.name, pattern)
+        or pattern == str(record.index)
+    )
+
+
+def select_layers(records: Sequence[LayerRecord], selectors: Sequence[str]) -> list[LayerRecord]:
+    """Layers chosen by level names, dotted names, glob patterns or indices (union, run order)."""
+    if not selectors:
+        return list(records)
+    chosen: set[int] = set()
+    for sel in selectors:
+        sel = sel.strip()
+        if sel == "all":
+            hits = [r.index for r in records]
+        elif sel in ALL_LEVELS:
+            hits = [r.index for r in records if r.level == sel]
+        else:
+            hits = [r.index for r in records if _matches(r, sel)]
+        if not hits:
+            present = sorted({r.level for r in records}, key=ALL_LEVELS.index)
+            raise UsageError(
+                f"no layer matches {sel!r}",
+                f"use a level ({', '.join(present)}), a dotted name such as {records[0].name!r}, "
+                "a glob, or an index",
+            )
+        chosen.update(hits)
+    return [r for r in records if r.index in chosen]
