@@ -28,8 +28,11 @@ from .model import (
     resolve_device,
     trial_forward,
 )
-from .report import layers_table, levels_table, sdr_table
+from .pictures import write_stretch_grids
+from .report import layers_table, levels_table, sdr_table, stretch_table
 from .sdr import DEFAULT_TOLERANCE, SDRResult, run_sdr
+from .stretch import choose_stretch_layers, run_stretch
+from .transforms import make_transform
 
 app = typer.Typer(
     name="genaudit",
@@ -457,9 +460,7 @@ def sdr_cmd(
     first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
     records = walk_layers(prep.loaded.model, first, prep.settings.levels)
     chosen = select_layers(records, _split(layers))
-    n = prep.settings.num_samples
-    if prep.source.available is not None:
-        n = min(n, prep.source.available) if num_samples is None else n
+    n = _sample_count(prep, num_samples)
     with _progress(n, "sampling") as bar:
         task = bar.add_task("sampling", total=n)
         result = run_sdr(
@@ -504,6 +505,114 @@ def sdr_tolerance(table: dict[str, Any], flag: float | None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise UsageError(f"the SDR tolerance must be a positive number (got {value!r})")
     return float(value)
+
+
+@app.command("stretch")
+@handle_errors
+def stretch_cmd(
+    model: ModelArg,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            help="Where to intervene: a level (the last conv of it that runs), a dotted name, a "
+            "glob or an index; repeatable or comma-separated "
+            "[default: every hidden level and image].",
+        ),
+    ] = None,
+    factor: Annotated[
+        float,
+        typer.Option(
+            "--factor", help="Stretch factor s (the shift in pixels with --transform shift)."
+        ),
+    ] = 1.5,
+    axis: Annotated[
+        str, typer.Option("--axis", help="horizontal (last axis), vertical, depth (3-D) or both.")
+    ] = "horizontal",
+    transform: Annotated[
+        str, typer.Option("--transform", help="Intervention: stretch, or shift (a sanity check).")
+    ] = "stretch",
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            "--grid", help="Write the sample grid to FILE.png and differences to FILE_diff.png."
+        ),
+    ] = None,
+    grid_samples: Annotated[
+        int, typer.Option("--grid-samples", help="Columns of the picture grid.")
+    ] = 8,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    state_key: StateKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    module: ModuleOpt = None,
+    allow_global: AllowGlobalOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    latents: LatentsOpt = None,
+    sampler: SamplerOpt = None,
+    z_shape: ZShapeOpt = None,
+    z_dist: ZDistOpt = "normal",
+    num_classes: NumClassesOpt = None,
+    label_format: LabelFormatOpt = "int",
+    inputs: InputsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+    csv_out: CsvOpt = None,
+) -> None:
+    """Stretch the activation maps of hidden layers and compare with stretching the output
+    (mse, do-nothing baseline, rel_mse = mse / baseline; DESIGN §5)."""
+    _one_stdout(json_out, csv_out)
+    check_destination(json_out, "--json")
+    check_destination(csv_out, "--csv")
+    check_destination(grid, "--grid")
+    if grid is not None and grid == "-":
+        raise UsageError("--grid needs a file name (PNG), not -")
+    if grid_samples < 1:
+        raise UsageError("--grid-samples must be at least 1")
+    op = make_transform(transform, factor, axis)
+    prep = prepare(model, **_common(locals()))
+    first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
+    records = walk_layers(prep.loaded.model, first, prep.settings.levels)
+    chosen = choose_stretch_layers(records, _split(layer))
+    n = _sample_count(prep, num_samples)
+    result = run_stretch(
+        prep.loaded.model, records, chosen, prep.source, transform=op, num_samples=n,
+        batch_size=prep.settings.batch_size, device=prep.device,
+        keep_samples=grid_samples if grid else 0,
+    )  # fmt: skip
+    written: tuple[Path, ...] = ()
+    if grid:
+        written = write_stretch_grids(result, grid)
+    config_doc = {**prep.config, "num_samples": n, "layers": _split(layer) or ["default"],
+                  "transform": op.to_dict(), "grid": grid}  # fmt: skip
+    if json_out:
+        doc = envelope(
+            "stretch", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
+            results=result.to_dict(),
+        )  # fmt: skip
+        emit(json_out, to_json(doc))
+    if csv_out:
+        emit(csv_out, to_csv(*result.csv_rows()))
+    if "-" not in (json_out, csv_out):
+        out = stdout_console()
+        title = f"{Path(model).name}: {op.describe()} at hidden layers vs. the output, {n} samples"
+        out.print(stretch_table(result, title=title))
+        for path in written:
+            out.print(f"wrote {path}", markup=False)
+    for note in result.notes:
+        stderr_console().print(f"note: {note}", markup=False)
+
+
+def _sample_count(prep: Prepared, flag: int | None) -> int:
+    """--num-samples, else the configured default capped by what input files hold."""
+    n = prep.settings.num_samples
+    if prep.source.available is not None and flag is None:
+        n = min(n, prep.source.available)
+    return n
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import zoo
 from .errors import ArchitectureError, ModelInputError, UsageError
+from .exported import materialise_layers
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -185,6 +186,8 @@ def load_model(path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded
     )
     if isinstance(raw.obj, nn.Module):
         model: nn.Module = raw.obj
+        if raw.format == "torch-export":
+            materialise_layers(model)
         arch, state_key = f"<{raw.format}>", None
         kwargs: dict[str, Any] = {}
     else:

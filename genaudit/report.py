@@ -9,6 +9,7 @@ from rich.table import Table
 
 from .layers import LayerRecord
 from .sdr import SDRResult, Summary
+from .stretch import StretchResult
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -147,4 +148,17 @@ def levels_table(result: SDRResult, title: str | None = None) -> Table:
         else:
             ratios = ", ".join(f"{x:.3f}" for x in lv.trace_ratios)
             table.add_row(lv.level, names, "1 (trace)", ratios, *[""] * 5)
+    return table
+
+
+def stretch_table(result: StretchResult, title: str | None = None) -> Table:
+    """One row per intervened layer: mse, the do-nothing baseline and rel_mse."""
+    table = _table(title)
+    columns = [("#", "right"), ("layer", "left"), ("level", "left"), ("mse", "right"),
+               ("baseline", "right"), ("rel_mse", "right")]  # fmt: skip
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in result.layers:
+        table.add_row(str(r.index), r.name, r.level, _num(r.mse, "{:.4g}"),
+                      _num(r.baseline, "{:.4g}"), _num(r.rel_mse, "{:.3f}"))  # fmt: skip
     return table

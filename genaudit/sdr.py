@@ -75,7 +75,7 @@ class Summary:
             pairs=total_pairs,
             defined=n,
             undefined=total_pairs - n,
-            median_sdr=float(10 ** np.median(v)) if n else nan,
+            median_sdr=float(np.median(np.power(10.0, v))) if n else nan,
             mean_log10=float(v.mean()) if n else nan,
             sd_log10=float(v.std()) if n else nan,
             percentiles_log10=pct,

@@ -102,3 +102,8 @@ def two_inputs() -> nn.Module:
 def sampler(batch_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """A ``--sampler``: latents of shape (8, 1, 1) uniform on [0, 1)."""
     return torch.rand((batch_size, 8, 1, 1), generator=generator).to(device)
+
+
+def conv1d_pair() -> nn.Module:
+    """Two 1-D convolutions: 2 → 3 channels (k=3), then 3 → 2 (k=1)."""
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.Conv1d(3, 2, 1))

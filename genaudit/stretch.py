@@ -1,0 +1,376 @@
+"""Hidden-layer stretch interventions (DESIGN §5).
+
+For fixed inputs z, each chosen layer ℓ has its output replaced by ``T(output)`` (every channel and
+sample) while everything downstream runs unchanged; the result is compared with transforming the
+model's output directly:
+
+- ``mse_ℓ = mean (G_ℓ^T(z) − T G(z))²`` over samples, channels and pixels,
+- ``baseline = mean (G(z) − T G(z))²`` (not intervening at all),
+- ``rel_mse_ℓ = mse_ℓ / baseline``: 0 is perfect extrapolation, 1 no better than doing nothing.
+
+Cost per batch: one plain forward pass plus one per chosen layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import NothingToAnalyseError, UsageError
+from .hooks import eval_mode, forward_hooks
+from .layers import LEVELS, LayerRecord, select_layers
+from .model import InputSource
+from .transforms import Transform, axis_dims
+
+CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")
+
+# Levels that default_stretch_layers intervenes at, in DESIGN §4's order.
+STRETCH_LEVELS = LEVELS
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class StretchLayerResult:
+    """Stretch error of intervening at one layer."""
+
+    index: int
+    name: str
+    level: str
+    mse: float
+    baseline: float
+    rel_mse: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "level": self.level,
+            "mse": self.mse,
+            "baseline": self.baseline,
+            "rel_mse": self.rel_mse,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class StretchSamples:
+    """The first few samples, CPU float32, for pictures.
+
+    ``original`` is G(z), ``stretched`` is T G(z), ``intervened[k]`` is the output after
+    intervening at ``layers[k]`` of the result; every tensor has shape (K, C, *grid).
+    """
+
+    original: torch.Tensor
+    stretched: torch.Tensor
+    intervened: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class StretchResult:
+    """Stretch errors per chosen layer, in execution order (``samples`` is not serialised)."""
+
+    transform: dict[str, Any]
+    num_samples: int
+    layers: tuple[StretchLayerResult, ...]
+    samples: StretchSamples | None = None
+    output_shape: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def baseline(self) -> float:
+        """``mean (G(z) − T G(z))²``, shared by every layer."""
+        return self.layers[0].baseline if self.layers else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transform": dict(self.transform),
+            "num_samples": self.num_samples,
+            "output_shape": list(self.output_shape),
+            "baseline": self.baseline,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "notes": list(self.notes),
+        }
+
+    def csv_rows(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Header ``layer, level, mse, baseline, rel_mse`` and one row per layer."""
+        rows = [(r.name, r.level, r.mse, r.baseline, r.rel_mse) for r in self.layers]
+        return CSV_HEADER, rows
+
+
+# --------------------------------------------------------------------------- choosing layers
+
+
+def default_stretch_layers(records: Sequence[LayerRecord]) -> list[LayerRecord]:
+    """Every level of DESIGN §4 that is present: the last convolution of the level that runs.
+
+    ``projection``, ``coarse``, ``intermediate`` and ``fine`` are the hidden levels; ``image``
+    is included as the sanity check (its error is 0 or close to it). Execution order.
+    """
+    return _last_of_levels(records, STRETCH_LEVELS)
+
+
+def _last_of_levels(records: Sequence[LayerRecord], levels: Sequence[str]) -> list[LayerRecord]:
+    chosen: dict[int, LayerRecord] = {}
+    for level in levels:
+        members = [r for r in records if r.level == level and r.is_conv]
+        if members:
+            last = max(members, key=lambda r: r.index)
+            chosen[last.index] = last
+    return [chosen[i] for i in sorted(chosen)]
+
+
+def choose_stretch_layers(
+    records: Sequence[LayerRecord], selectors: Sequence[str] = ()
+) -> list[LayerRecord]:
+    """Layers to intervene at, in execution order.
+
+    No selector → ``default_stretch_layers``. A level name means the last layer of that level
+    that runs (DESIGN §4); ``all`` means every convolution; dotted names, globs and indices
+    select as in ``layers.select_layers`` (naming a Linear layer is refused by ``run_stretch``).
+    """
+    if not selectors:
+        chosen = default_stretch_layers(records)
+        if not chosen:
+            raise NothingToAnalyseError(
+                "the model has no convolution layer to intervene at",
+                "stretch interventions act on the output maps of convolutions",
+            )
+        return chosen
+    picked: dict[int, LayerRecord] = {}
+    for sel in selectors:
+        sel = sel.strip()
+        if sel in LEVELS:
+            hits = _last_of_levels(records, [sel])
+            if not hits:
+                hits = select_layers(records, [sel])  # raises the usual "no layer matches"
+        elif sel == "all":
+            hits = [r for r in records if r.is_conv]
+        else:
+            hits = select_layers(records, [sel])
+        picked.update((r.index, r) for r in hits)
+    return [picked[i] for i in sorted(picked)]
+
+
+# --------------------------------------------------------------------------- intervening
+
+
+@contextmanager
+def intervene(
+    model: nn.Module, module: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[nn.Module]:
+    """Replace ``module``'s output by ``transform(output)`` while the context is open.
+
+    The model is in eval mode inside the context; the hook is removed and every module's
+    training flag restored on exit, also when the forward pass raises. Gradients are the
+    caller's business (``run_stretch`` runs under ``torch.no_grad()``). A module that runs
+    several times per forward pass is transformed every time.
+    """
+    if not any(m is module for m in model.modules()):
+        raise UsageError("the module to intervene at is not part of the model")
+
+    def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            raise UsageError(
+                f"cannot intervene at {type(mod).__name__}: its output is "
+                f"{type(output).__name__}, not a tensor"
+            )
+        return transform(output)
+
+    with eval_mode(model), forward_hooks([(module, hook)]):
+        yield model
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, tuple | list):
+        for item in x:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def output_map(output: Any) -> torch.Tensor:
+    """The model's output as maps ``(N, C, *grid)``; a tuple contributes its first tensor."""
+    t = _first_tensor(output)
+    if t is None:
+        raise NothingToAnalyseError(
+            f"the model returned {type(output).__name__}, not a tensor",
+            "stretch compares output maps: audit a generator or decoder (see --module)",
+        )
+    if t.ndim not in (3, 4, 5) or not t.is_floating_point():
+        shape = "×".join(map(str, t.shape))
+        kind = "" if t.is_floating_point() else f" ({t.dtype})"
+        raise NothingToAnalyseError(
+            f"the model's output has shape {shape}{kind}: not a map (N, C, L), "
+            "(N, C, H, W) or (N, C, D, H, W), so a stretched output cannot be compared",
+            "stretch applies to generators and decoders; use --module to pick one",
+        )
+    return t
+
+
+def _check_layer(record: LayerRecord, axis: str | None) -> None:
+    if not record.is_conv or len(record.output_shape) < 2:
+        raise UsageError(
+            f"layer {record.name!r} ({record.type}) does not output a map, "
+            "so it cannot be stretched",
+            "choose convolution layers or levels (projection, coarse, intermediate, fine, image)",
+        )
+    if axis is not None:
+        try:
+            axis_dims(axis, len(record.output_shape) - 1)
+        except UsageError as exc:
+            raise UsageError(f"layer {record.name!r}: {exc.message}", exc.hint) from None
+
+
+def _squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ (a − b)² in float64, as a 0-d tensor on the maps' device (no host sync per batch)."""
+    return (a.to(torch.float64) - b.to(torch.float64)).square().sum()
+
+
+def run_stretch(
+    model: nn.Module,
+    records: Sequence[LayerRecord],
+    selected: Sequence[LayerRecord] | None,
+    source: InputSource,
+    *,
+    transform: Transform,
+    num_samples: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    keep_samples: int = 8,
+) -> StretchResult:
+    r"""Stretch error of intervening at each selected layer (DESIGN §5).
+
+    .. math::
+
+        \mathrm{mse}_\ell = \frac{1}{N C |\Omega|} \sum_{n, c, x}
+            \bigl(G_\ell^T(z_n) - T\,G(z_n)\bigr)^2_{c, x}, \qquad
+        \mathrm{baseline} = \frac{1}{N C |\Omega|} \sum_{n, c, x}
+            \bigl(G(z_n) - T\,G(z_n)\bigr)^2_{c, x},
+
+    and ``rel_mse_ℓ = mse_ℓ / baseline`` (NaN, with a note, when the baseline is 0).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Already on ``device``; its output (or the first tensor of a tuple output) must be maps
+        (N, C, L), (N, C, H, W) or (N, C, D, H, W). Weights are never changed.
+    records : sequence of LayerRecord
+        ``walk_layers`` of ``model``.
+    selected : sequence of LayerRecord or None
+        Layers to intervene at (``choose_stretch_layers``); None → ``default_stretch_layers``.
+    source : InputSource
+        Inputs z; the same samples are used for every layer.
+    transform : Transform
+        ``T``, applied to the model's output and to each chosen layer's output.
+    num_samples, batch_size : int
+        N, and how many samples run per forward pass. Squared errors are summed in float64
+        batch by batch, so memory does not grow with N and the numbers do not depend on the
+        batch size.
+    device : torch.device or str
+        Where the inputs are sent.
+    keep_samples : int
+        How many of the first samples to keep (CPU float32) for pictures; 0 keeps none.
+
+    Returns
+    -------
+    StretchResult
+        One ``StretchLayerResult`` per selected layer, in execution order.
+    """
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    chosen = list(selected) if selected is not None else choose_stretch_layers(records)
+    chosen = sorted({r.index: r for r in chosen}.values(), key=lambda r: r.index)
+    if not chosen:
+        raise UsageError("no layer chosen to intervene at")
+    axis = getattr(transform, "axis", None)
+    for record in chosen:
+        _check_layer(record, axis if isinstance(axis, str) else None)
+    modules = [model.get_submodule(r.name) for r in chosen]
+
+    sq_base = torch.zeros((), dtype=torch.float64)
+    sq_layers = [torch.zeros((), dtype=torch.float64) for _ in chosen]
+    count = 0
+    out_shape: tuple[int, ...] = ()
+    keep = max(0, int(keep_samples))
+    kept_orig: list[torch.Tensor] = []
+    kept_stretched: list[torch.Tensor] = []
+    kept_layers: list[list[torch.Tensor]] = [[] for _ in chosen]
+    n_kept = 0
+
+    def _keep(t: torch.Tensor, n: int) -> torch.Tensor:
+        return t[:n].detach().to("cpu", torch.float32).clone()
+
+    with eval_mode(model), torch.no_grad():
+        for inputs in source.batches(num_samples, batch_size, device):
+            out = output_map(model(*inputs))
+            target = transform(out)
+            if target.shape != out.shape:
+                raise UsageError(
+                    f"the transform changed the output's shape from {tuple(out.shape)} "
+                    f"to {tuple(target.shape)}"
+                )
+            out_shape = tuple(out.shape[1:])
+            count += out.numel()
+            sq_base = sq_base.to(out.device) + _squared_error(out, target)
+            take = min(keep - n_kept, out.shape[0])
+            if take > 0:
+                kept_orig.append(_keep(out, take))
+                kept_stretched.append(_keep(target, take))
+            for k, module in enumerate(modules):
+                with intervene(model, module, transform):
+                    y = output_map(model(*inputs))
+                if y.shape != out.shape:
+                    raise NothingToAnalyseError(
+                        f"intervening at {chosen[k].name!r} changed the output's shape from "
+                        f"{tuple(out.shape)} to {tuple(y.shape)}"
+                    )
+                sq_layers[k] = sq_layers[k].to(y.device) + _squared_error(y, target)
+                if take > 0:
+                    kept_layers[k].append(_keep(y, take))
+            n_kept += max(take, 0)
+
+    baseline = float(sq_base.item()) / count
+    notes: list[str] = []
+    if baseline == 0:
+        notes.append(
+            f"the transform leaves the output unchanged (baseline mse 0, output grid "
+            f"{'×'.join(map(str, out_shape[1:]))}): rel_mse is undefined (NaN)"
+        )
+    elif not math.isfinite(baseline):
+        notes.append("the model's output holds NaN or infinite values: baseline is not finite")
+    layers = []
+    for record, sq in zip(chosen, sq_layers, strict=True):
+        mse = float(sq.item()) / count
+        rel = mse / baseline if baseline > 0 else math.nan
+        if not math.isfinite(mse) and math.isfinite(baseline):
+            notes.append(f"intervening at {record.name!r} gives NaN or infinite outputs")
+        layers.append(
+            StretchLayerResult(record.index, record.name, record.level, mse, baseline, rel)
+        )
+    samples = None
+    if n_kept > 0:
+        samples = StretchSamples(
+            original=torch.cat(kept_orig),
+            stretched=torch.cat(kept_stretched),
+            intervened=tuple(torch.cat(parts) for parts in kept_layers),
+        )
+    return StretchResult(
+        transform=transform.to_dict(),
+        num_samples=num_samples,
+        layers=tuple(layers),
+        samples=samples,
+        output_shape=out_shape,
+        notes=tuple(notes),
+    )
