@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .compare import compare_results
 from .config import Settings, load_settings
 from .errors import ExitCode, GenauditError, UsageError
 from .export import check_destination, emit, envelope, to_csv, to_json
@@ -21,6 +22,7 @@ from .model import (
     InputOptions,
     LoadedModel,
     LoadOptions,
+    generated_source,
     load_model,
     make_input_source,
     parse_json_kwargs,
@@ -29,7 +31,8 @@ from .model import (
     trial_forward,
 )
 from .pictures import write_stretch_grids
-from .report import layers_table, levels_table, sdr_table, stretch_table
+from .plots import plot_comparison, plot_sdr
+from .report import comparison_table, layers_table, levels_table, sdr_table, stretch_table
 from .sdr import DEFAULT_TOLERANCE, SDRResult, run_sdr
 from .stretch import choose_stretch_layers, run_stretch
 from .transforms import make_transform
@@ -195,6 +198,14 @@ NumClassesOpt = Annotated[
 LabelFormatOpt = Annotated[
     str, typer.Option("--label-format", help="Labels as int indices or onehot vectors.")
 ]
+GeneratorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--generator",
+        help="For encoders and discriminators: feed the outputs of this generator checkpoint "
+        "(self-describing genaudit safetensors, or loaded with the same --trust-checkpoint).",
+    ),
+]
 InputsOpt = Annotated[
     str | None,
     typer.Option("--inputs", help="File of data samples, for encoders and discriminators."),
@@ -256,8 +267,10 @@ def prepare(
     num_classes: int | None,
     label_format: str | None,
     inputs: str | None,
+    generator: str | None,
     seed: int | None,
     device: str | None,
+    source: Any = None,
     batch_size: int | None,
     num_samples: int | None,
     config: str | None,
@@ -296,7 +309,19 @@ def prepare(
         inputs=inputs,
         seed=settings.seed,
     )
-    source = make_input_source(model, input_opts)
+    if source is not None:
+        pass  # given by the caller (compare: the decoder's outputs)
+    elif generator is not None:
+        if inputs or latents or sampler:
+            raise UsageError("--generator is an alternative to --inputs, --latents and --sampler")
+        gen = load_model(generator, LoadOptions(trust_checkpoint=bool(trust_checkpoint)))
+        gen_model = gen.model.to(dev)
+        gen_source = make_input_source(gen_model, replace(input_opts, inputs=None))
+        trial_forward(gen_model, gen_source, dev)
+        source = generated_source(gen_model, gen_source, dev)
+        source.description["generator"] = gen.describe()
+    else:
+        source = make_input_source(model, input_opts)
     trial_forward(model, source, dev)
     cfg = {
         **settings.to_dict(),
@@ -317,7 +342,7 @@ def prepare(
 _COMMON = (
     "arch", "arch_kwargs", "state_key", "strip_prefix", "module", "allow_global",
     "trust_checkpoint", "latents", "sampler", "z_shape", "z_dist", "num_classes", "label_format",
-    "inputs", "seed", "device", "batch_size", "num_samples", "config",
+    "inputs", "generator", "seed", "device", "batch_size", "num_samples", "config",
 )  # fmt: skip
 
 
@@ -349,6 +374,7 @@ def layers_cmd(
     num_classes: NumClassesOpt = None,
     label_format: LabelFormatOpt = "int",
     inputs: InputsOpt = None,
+    generator: GeneratorOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -381,6 +407,10 @@ LayersOpt = Annotated[
         help="Layers to analyse: level names, dotted names, globs or indices; repeatable or "
         "comma-separated [default: all].",
     ),
+]
+PlotOpt = Annotated[
+    str | None,
+    typer.Option("--plot", help="Write log10-SDR histograms to FILE.png (needs genaudit[plot])."),
 ]
 CsvOpt = Annotated[
     str | None, typer.Option("--csv", help="Write a tidy CSV to FILE (- for stdout).")
@@ -422,6 +452,7 @@ def sdr_cmd(
     pairs: Annotated[
         bool, typer.Option("--pairs", help="Include every pair's SDR in the JSON.")
     ] = False,
+    plot: PlotOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     state_key: StateKeyOpt = None,
@@ -436,6 +467,7 @@ def sdr_cmd(
     num_classes: NumClassesOpt = None,
     label_format: LabelFormatOpt = "int",
     inputs: InputsOpt = None,
+    generator: GeneratorOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = None,
@@ -449,6 +481,7 @@ def sdr_cmd(
     _one_stdout(json_out, csv_out)
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")
+    check_destination(plot, "--plot")
     prep = prepare(model, **_common(locals()))
     tol = sdr_tolerance(prep.table, tolerance)
     if prep.source.description["kind"] == "probe":
@@ -478,6 +511,8 @@ def sdr_cmd(
         emit(json_out, to_json(doc))
     if csv_out:
         emit(csv_out, to_csv(SDRResult.CSV_HEADER, result.csv_rows()))
+    if plot:
+        plot_sdr(result, plot, title=f"{Path(model).name}: log10 SDR per layer ({n} samples)")
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = (
@@ -555,6 +590,7 @@ def stretch_cmd(
     num_classes: NumClassesOpt = None,
     label_format: LabelFormatOpt = "int",
     inputs: InputsOpt = None,
+    generator: GeneratorOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = None,
@@ -613,6 +649,96 @@ def _sample_count(prep: Prepared, flag: int | None) -> int:
     if prep.source.available is not None and flag is None:
         n = min(n, prep.source.available)
     return n
+
+
+@app.command("compare")
+@handle_errors
+def compare_cmd(
+    decoder: Annotated[
+        str, typer.Argument(metavar="DECODER", help="Generator / decoder checkpoint.")
+    ],
+    encoder: Annotated[
+        str, typer.Argument(metavar="ENCODER", help="Encoder (or discriminator) checkpoint.")
+    ],
+    decoder_module: Annotated[
+        str | None, typer.Option("--decoder-module", help="Submodule of DECODER to audit.")
+    ] = None,
+    encoder_module: Annotated[
+        str | None, typer.Option("--encoder-module", help="Submodule of ENCODER to audit.")
+    ] = None,
+    decoder_arch: Annotated[
+        str | None,
+        typer.Option("--decoder-arch", help="Architecture of DECODER (when not recorded in it)."),
+    ] = None,
+    encoder_arch: Annotated[
+        str | None,
+        typer.Option("--encoder-arch", help="Architecture of ENCODER (when not recorded in it)."),
+    ] = None,
+    decoder_arch_kwargs: Annotated[
+        str | None,
+        typer.Option("--decoder-arch-kwargs", help="JSON keyword arguments for --decoder-arch."),
+    ] = None,
+    encoder_arch_kwargs: Annotated[
+        str | None,
+        typer.Option("--encoder-arch-kwargs", help="JSON keyword arguments for --encoder-arch."),
+    ] = None,
+    inputs: Annotated[
+        str | None,
+        typer.Option("--inputs", help="Data for the encoder [default: the decoder's outputs]."),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option("--tolerance", help="Generic when |log10 SDR| <= this [default: 0.1]."),
+    ] = None,
+    plot: PlotOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    z_shape: ZShapeOpt = None,
+    z_dist: ZDistOpt = "normal",
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Decoder versus encoder (paper Sec. 4.2): log10-SDR distributions of mirrored layers side
+    by side, with two-sample tests. The encoder is fed the decoder's outputs unless --inputs."""
+    check_destination(json_out, "--json")
+    check_destination(plot, "--plot")
+    shared = {**_common(locals()), "generator": None, "inputs": None}
+    dec_opts = {"arch": decoder_arch, "arch_kwargs": decoder_arch_kwargs, "module": decoder_module}
+    dec = prepare(decoder, **{**shared, **dec_opts})
+    # the encoder sees data (--inputs) or, by default, the decoder's own outputs
+    fed = None if inputs else generated_source(dec.loaded.model, dec.source, dec.device)
+    enc_opts = {"arch": encoder_arch, "arch_kwargs": encoder_arch_kwargs, "module": encoder_module,
+                "inputs": inputs, "z_shape": None, "source": fed}  # fmt: skip
+    enc = prepare(encoder, **{**shared, **enc_opts})
+    tol = sdr_tolerance(dec.table, tolerance)
+    results = []
+    for prep, _name in ((dec, decoder), (enc, encoder)):
+        first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
+        records = walk_layers(prep.loaded.model, first, prep.settings.levels)
+        n = _sample_count(prep, num_samples)
+        results.append(
+            run_sdr(prep.loaded.model, records, prep.source, num_samples=n,
+                    batch_size=prep.settings.batch_size, device=prep.device, tolerance=tol)
+        )  # fmt: skip
+    comparison = compare_results(results[0], results[1])
+    if plot:
+        plot_comparison(comparison, plot, title=f"{Path(decoder).name} vs {Path(encoder).name}")
+    if json_out:
+        doc = envelope(
+            "compare", str(dec.device),
+            {"decoder": dec.config, "encoder": enc.config, "tolerance": tol},
+            checkpoint={"decoder": dec.loaded.describe(), "encoder": enc.loaded.describe()},
+            results={"comparison": comparison.to_dict(), "decoder": results[0].to_dict(),
+                     "encoder": results[1].to_dict()},
+        )  # fmt: skip
+        emit(json_out, to_json(doc))
+    if json_out != "-":
+        title = (f"decoder {Path(decoder).name} vs encoder {Path(encoder).name}: log10 SDR of "
+                 "mirrored layers")  # fmt: skip
+        stdout_console().print(comparison_table(comparison, title=title))
 
 
 def main(argv: list[str] | None = None) -> None:

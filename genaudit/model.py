@@ -537,6 +537,27 @@ def make_input_source(model: nn.Module, options: InputOptions) -> InputSource:
     )
 
 
+def generated_source(
+    generator: nn.Module, latents: InputSource, device: torch.device
+) -> InputSource:
+    """Data for an encoder or discriminator: the outputs of ``generator`` on ``latents``.
+
+    Sample k is the generator's output for latent k, so it depends only on the seed and k.
+    """
+    generator.eval()
+
+    def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        inputs = tuple(t.to(device) for t in latents.batch(start, stop))
+        with torch.no_grad():
+            out = generator(*inputs)
+        if isinstance(out, tuple | list):
+            out = out[0]
+        return (out.detach().cpu(),)
+
+    describe = {"kind": "generated", "generator_inputs": latents.description}
+    return InputSource(describe, draw, available=latents.available)
+
+
 def _probe_source(shape: tuple[int, ...], seed: int) -> InputSource:
     source = latent_source(shape, seed=seed, dist="uniform")
     source.description = {"kind": "probe", "shape": list(shape), "seed": seed}

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from rich import box
 from rich.table import Table
 
+from .compare import Comparison
 from .layers import LayerRecord
 from .sdr import SDRResult, Summary
 from .stretch import StretchResult
@@ -161,4 +162,26 @@ def stretch_table(result: StretchResult, title: str | None = None) -> Table:
     for r in result.layers:
         table.add_row(str(r.index), r.name, r.level, _num(r.mse, "{:.4g}"),
                       _num(r.baseline, "{:.4g}"), _num(r.rel_mse, "{:.3f}"))  # fmt: skip
+    return table
+
+
+def comparison_table(comparison: Comparison, title: str | None = None) -> Table:
+    """Decoder and encoder log10-SDR distributions per mirrored layer pair, with tests."""
+    table = _table(title)
+    columns = [("level", "left"), ("decoder / encoder layer", "left"), ("pairs", "right"),
+               ("SD dec.", "right"), ("SD enc.", "right"), ("SD ratio", "right"),
+               ("generic dec.", "right"), ("generic enc.", "right"), ("KS p", "right"),
+               ("Levene p", "right"), ("more generic", "left")]  # fmt: skip
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for lv in comparison.levels:
+        table.add_row(
+            lv.level, f"{lv.decoder_layer} / {lv.encoder_layer}",
+            f"{lv.decoder.defined} / {lv.encoder.defined}", _num(lv.decoder.sd_log10, "{:.3f}"),
+            _num(lv.encoder.sd_log10, "{:.3f}"), _num(lv.sd_ratio, "{:.2f}"),
+            _num(lv.decoder.generic_fraction, "{:.0%}"),
+            _num(lv.encoder.generic_fraction, "{:.0%}"),
+            _num(lv.ks_pvalue, "{:.2g}"), _num(lv.levene_pvalue, "{:.2g}"),
+            "decoder" if lv.decoder_more_generic else "encoder",
+        )  # fmt: skip
     return table
