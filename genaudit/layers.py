@@ -82,12 +82,13 @@ def _tuple(v: Any, d: int) -> tuple[int, ...]:
     return tuple(int(x) for x in v) if isinstance(v, tuple | list) else (int(v),) * d
 
 
-def _first_tensor(x: Any) -> torch.Tensor | None:
+def first_tensor(x: Any) -> torch.Tensor | None:
+    """The first tensor in a (nested) tuple or list of outputs, or None."""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, tuple | list):
         for item in x:
-            t = _first_tensor(item)
+            t = first_tensor(item)
             if t is not None:
                 return t
     return None
@@ -115,7 +116,7 @@ def dry_run(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[_Seen]:
         if key in seen:
             seen[key].calls += 1
             return
-        x, y = _first_tensor(args), _first_tensor(output)
+        x, y = first_tensor(args), first_tensor(output)
         if x is None or y is None:
             return
         seen[key] = _Seen(module, names[key], tuple(x.shape[1:]), tuple(y.shape[1:]))

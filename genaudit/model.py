@@ -336,17 +336,23 @@ class InputSource:
 
 
 def _block_draws(
-    seed: int, start: int, stop: int, fn: Callable[[torch.Generator, int], torch.Tensor]
-) -> torch.Tensor:
-    """Concatenate per-block draws so that sample k depends only on (seed, k)."""
-    parts = []
+    seed: int,
+    start: int,
+    stop: int,
+    fn: Callable[[torch.Generator, int], tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, ...]:
+    """Concatenate per-block draws so that sample k depends only on (seed, k).
+
+    ``fn(generator, DRAW_BLOCK)`` draws one block of every positional input.
+    """
+    per_block = []
     for block in range(start // DRAW_BLOCK, (stop - 1) // DRAW_BLOCK + 1):
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + block)
         values = fn(gen, DRAW_BLOCK)
         lo = max(start - block * DRAW_BLOCK, 0)
         hi = min(stop - block * DRAW_BLOCK, DRAW_BLOCK)
-        parts.append(values[lo:hi])
-    return torch.cat(parts)
+        per_block.append(tuple(v[lo:hi] for v in values))
+    return tuple(torch.cat(parts) for parts in zip(*per_block, strict=True))
 
 
 def latent_source(
@@ -365,24 +371,20 @@ def latent_source(
     if num_classes is not None and num_classes < 1:
         raise UsageError("--num-classes must be at least 1")
 
-    def z_fn(gen: torch.Generator, n: int) -> torch.Tensor:
+    def block(gen: torch.Generator, n: int) -> tuple[torch.Tensor, ...]:
         if dist == "normal":
-            return torch.randn((n, *shape), generator=gen)
-        return torch.rand((n, *shape), generator=gen) * 2 - 1
-
-    def label_fn(gen: torch.Generator, n: int) -> torch.Tensor:
-        # drawn after z from the same block generator: shares no values with z
-        torch.randn((n, *shape), generator=gen)
-        return torch.randint(0, num_classes or 1, (n,), generator=gen)
-
-    def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        z = _block_draws(seed, start, stop, z_fn)
+            z = torch.randn((n, *shape), generator=gen)
+        else:
+            z = torch.rand((n, *shape), generator=gen) * 2 - 1
         if num_classes is None:
             return (z,)
-        labels = _block_draws(seed, start, stop, label_fn)
+        labels = torch.randint(0, num_classes, (n,), generator=gen)
         if label_format == "onehot":
             return (z, nn.functional.one_hot(labels, num_classes).to(z.dtype))
         return (z, labels)
+
+    def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        return _block_draws(seed, start, stop, block)
 
     describe: dict[str, Any] = {"kind": "latent", "shape": list(shape), "dist": dist, "seed": seed}
     if num_classes is not None:
@@ -435,14 +437,7 @@ def sampler_source(spec: str, seed: int) -> InputSource:
         return tuple(t.cpu() for t in outs)
 
     def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        per_block = []
-        for block in range(start // DRAW_BLOCK, (stop - 1) // DRAW_BLOCK + 1):
-            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + block)
-            values = one_block(gen, DRAW_BLOCK)
-            lo = max(start - block * DRAW_BLOCK, 0)
-            hi = min(stop - block * DRAW_BLOCK, DRAW_BLOCK)
-            per_block.append(tuple(v[lo:hi] for v in values))
-        return tuple(torch.cat(parts) for parts in zip(*per_block, strict=True))
+        return _block_draws(seed, start, stop, one_block)
 
     return InputSource({"kind": "sampler", "sampler": spec, "seed": seed}, draw)
 

@@ -71,7 +71,7 @@ Method = Literal["auto", "lag", "fft"]
 # On CPU a batch is transformed in chunks of about this many input values, so that the FFT
 # output and its squares stay in cache and no large buffer is allocated per batch; on a GPU
 # the whole batch goes in one call.
-_CPU_CHUNK_VALUES = 1 << 20
+_CPU_CHUNK_VALUES = 1 << 22
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class SpectrumAccumulator:
 
     Precision: the FFT runs in the batch's dtype (float16/bfloat16 are raised to float32) or
     in ``fft_dtype`` when given (``torch.float64`` for reference computations); ``|·|²`` is
-    summed over the batch (on CPU: over chunks of about 2^20 input values) in that dtype
+    summed over the batch (on CPU: over chunks of about 2^22 input values) in that dtype
     (pairwise summation, relative error ~ eps·log2 N, the same order as the FFT's own) and
     added to a float64 running total, so memory does not grow with N and rounding does not
     grow with the number of batches.

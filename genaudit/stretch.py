@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import NothingToAnalyseError, UsageError
 from .hooks import eval_mode, forward_hooks
-from .layers import LEVELS, LayerRecord, select_layers
+from .layers import LEVELS, LayerRecord, first_tensor, select_layers
 from .model import InputSource
 from .transforms import Transform, axis_dims
 
@@ -187,20 +187,9 @@ def intervene(
         yield model
 
 
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, tuple | list):
-        for item in x:
-            t = _first_tensor(item)
-            if t is not None:
-                return t
-    return None
-
-
 def output_map(output: Any) -> torch.Tensor:
     """The model's output as maps ``(N, C, *grid)``; a tuple contributes its first tensor."""
-    t = _first_tensor(output)
+    t = first_tensor(output)
     if t is None:
         raise NothingToAnalyseError(
             f"the model returned {type(output).__name__}, not a tensor",
