@@ -548,3 +548,31 @@ def test_kernel_with_power_only_at_zero_frequency_is_undefined():
         assert r.defined.tolist() == [[True, False], [True, True]]
         dead = sdr_of(v, zero, method)
         assert not dead.defined.any() and torch.isnan(dead.values).all()
+
+
+def test_non_finite_inputs_and_weights_are_undefined():
+    rng = np.random.default_rng(26)
+    v = relu_inputs(rng, 4, 3, (6, 6))
+    v[1, 2, 3, 3] = math.nan
+    w = conv_weight(rng, 3, 2, (3, 3), transposed=False, groups=1)
+    w[0, 1, 1, 1] = math.inf
+    for method in ("lag", "fft"):
+        r = sdr_of(v, w, method)
+        assert r.defined.tolist() == [[True, False, False], [True, True, False]]
+        assert torch.isfinite(r.values[r.defined]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    rng = np.random.default_rng(27)
+    v = relu_inputs(rng, 16, 4, (8, 8))
+    w = conv_weight(rng, 4, 3, (4, 4), transposed=True, groups=1)
+    cpu = sdr_of(v, w, transposed=True, stride=2).values
+    for dtype, tol in ((F64, 1e-10), (torch.float32, 1e-5)):
+        acc = SpectrumAccumulator(2)
+        for chunk in v.to("cuda", dtype).split(5):
+            acc.add(chunk)
+        gpu = spectral_density_ratio(acc, w.to("cuda", dtype), transposed=True, stride=2)
+        assert gpu.values.device.type == "cuda"
+        torch.testing.assert_close(gpu.values.cpu(), cpu, rtol=tol, atol=0)
