@@ -466,6 +466,14 @@ def first_layer_run(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Mo
     return order[0] if order else None
 
 
+def _latent_guess(layer: nn.Module) -> tuple[int, ...] | None:
+    if isinstance(layer, nn.Linear):
+        return (layer.in_features,)
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        return (layer.in_channels,) + (1,) * (layer.weight.ndim - 2)
+    return None
+
+
 def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
     """Guess the latent shape from the first layer that runs, confirmed by a trial forward pass.
 
@@ -475,27 +483,23 @@ def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
     info = getattr(model, "genaudit_input", None)
     if isinstance(info, zoo.InputInfo):
         return tuple(info.shape)
-    tried: list[str] = []
+    tried: list[tuple[int, ...]] = []
     for layer in _first_parametrised_layers(model):
-        if isinstance(layer, nn.Linear):
-            shape: tuple[int, ...] = (layer.in_features,)
-        elif isinstance(layer, nn.modules.conv._ConvTransposeNd):
-            shape = (layer.in_channels,) + (1,) * (layer.weight.ndim - 2)
-        else:
+        shape = _latent_guess(layer)
+        if shape is None or shape in tried:
             continue
-        if str(shape) in tried:
-            continue
-        tried.append(str(shape))
+        tried.append(shape)
         probe = (torch.zeros((2, *shape), device=_model_device(model)),)
         try:
             first = first_layer_run(model, probe)
         except Exception:  # a failed trial just means this guess is wrong
             continue
-        if first is layer:
+        # confirmed when the layer that actually ran first takes exactly this latent
+        if first is not None and _latent_guess(first) == shape:
             return shape
     raise ModelInputError(
         "cannot infer the model's input: no first Linear or ConvTranspose layer accepted a latent"
-        + (f" (tried {', '.join(tried)})" if tried else ""),
+        + (f" (tried {', '.join(map(str, tried))})" if tried else ""),
         "pass --z-shape (e.g. 100 or 100,1,1), --latents FILE or --sampler pkg.module:function",
     )
 

@@ -32,7 +32,7 @@ def _conv_params(r: LayerRecord) -> str:
 
 def layers_table(records: Sequence[LayerRecord], title: str | None = None) -> Table:
     """The inventory of ``genaudit layers``: one row per layer in execution order."""
-    table = Table(title=title, header_style="bold", title_justify="left")
+    table = _table(title)
     table.add_column("#", justify="right")
     table.add_column("layer")
     table.add_column("type")
