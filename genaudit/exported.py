@@ -76,7 +76,8 @@ def _rebuild(sub: nn.Module) -> nn.Module | None:
         c_in = weight.shape[0] if transposed else weight.shape[1] * groups
         c_out = weight.shape[1] * groups if transposed else weight.shape[0]
         extra = {"output_padding": _tuple(kw.get("output_padding", 0), d)} if transposed else {}
-        module = _CLASSES[(d, transposed)](
+        cls: Any = _CLASSES[(d, transposed)]  # Conv and ConvTranspose take different kwargs
+        module = cls(
             c_in, c_out, tuple(weight.shape[2:]), stride=_tuple(kw.get("stride", 1), d),
             padding=pad, dilation=_tuple(kw.get("dilation", 1), d), groups=groups,
             bias=bias is not None, **extra,

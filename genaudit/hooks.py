@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], Any]
+ForwardHook = Callable[..., Any]  # forward hooks and forward pre-hooks
 
 
 @contextmanager
