@@ -12,7 +12,7 @@ import click
 import typer
 from rich.console import Console
 
-from . import __version__
+from . import __version__, zoo
 from .compare import compare_results
 from .config import Settings, load_settings
 from .errors import ExitCode, GenauditError, UsageError
@@ -32,7 +32,14 @@ from .model import (
 )
 from .pictures import write_stretch_grids
 from .plots import plot_comparison, plot_sdr
-from .report import comparison_table, layers_table, levels_table, sdr_table, stretch_table
+from .report import (
+    archs_table,
+    comparison_table,
+    layers_table,
+    levels_table,
+    sdr_table,
+    stretch_table,
+)
 from .sdr import DEFAULT_TOLERANCE, SDRResult, run_sdr
 from .stretch import choose_stretch_layers, run_stretch
 from .transforms import make_transform
@@ -398,6 +405,21 @@ def layers_cmd(
     if json_out != "-":
         title = f"{Path(model).name}: {len(records)} layers ({prep.loaded.arch})"
         stdout_console().print(layers_table(records, title=title))
+
+
+@app.command("archs")
+@handle_errors
+def archs_cmd(
+    json_out: JsonOpt = None,
+) -> None:
+    """The registry of standard architectures usable with --arch NAME, and their arguments."""
+    check_destination(json_out, "--json")
+    entries = [zoo.get(name) for name in zoo.list_architectures()]
+    if json_out:
+        doc = {e.name: {"summary": e.summary, "kwargs": e.defaults()} for e in entries}
+        emit(json_out, to_json(doc))
+    if json_out != "-":
+        stdout_console().print(archs_table(entries))
 
 
 LayersOpt = Annotated[

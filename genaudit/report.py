@@ -11,6 +11,7 @@ from .compare import Comparison
 from .layers import LayerRecord
 from .sdr import SDRResult, Summary
 from .stretch import StretchResult
+from .zoo import ArchEntry
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -184,4 +185,15 @@ def comparison_table(comparison: Comparison, title: str | None = None) -> Table:
             _num(lv.ks_pvalue, "{:.2g}"), _num(lv.levene_pvalue, "{:.2g}"),
             "decoder" if lv.decoder_more_generic else "encoder",
         )  # fmt: skip
+    return table
+
+
+def archs_table(entries: Sequence[ArchEntry]) -> Table:
+    """Registered architectures with their keyword arguments and defaults."""
+    table = _table("architectures for --arch NAME (keyword arguments via --arch-kwargs JSON)")
+    for name in ("name", "arguments (defaults)", "what it is"):
+        table.add_column(name)
+    for e in entries:
+        kwargs = ", ".join(f"{k}={v}" for k, v in e.defaults().items())
+        table.add_row(e.name, kwargs, e.summary)
     return table

@@ -177,3 +177,12 @@ def test_entry_point_subprocess() -> None:
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
+
+
+def test_archs_lists_the_registry() -> None:
+    result = run("archs")
+    assert result.exit_code == 0
+    for name in ("dcgan_generator", "dcgan_discriminator", "vae_encoder", "vae_decoder", "vae"):
+        assert name in result.stdout
+    doc = json.loads(run("archs", "--json", "-").stdout)
+    assert doc["dcgan_generator"]["kwargs"]["nz"] == 100
