@@ -500,10 +500,15 @@ def sdr_cmd(
 ) -> None:
     """Spectral density ratio of every (filter, activation map) pair of every convolution layer,
     summarised per layer and per level; the trace method for Linear layers and 1×1 inputs."""
+    from . import distributed
+
     _one_stdout(json_out, csv_out)
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")
     check_destination(plot, "--plot")
+    launch = distributed.launch_env()  # set by torchrun; None for a single process
+    if launch is not None:
+        distributed.bind_local_device(launch)  # before loading: "cuda" is cuda:LOCAL_RANK
     prep = prepare(model, **_common(locals()))
     tol = sdr_tolerance(prep.table, tolerance)
     if prep.source.description["kind"] == "probe":
@@ -516,13 +521,26 @@ def sdr_cmd(
     records = walk_layers(prep.loaded.model, first, prep.settings.levels)
     chosen = select_layers(records, _split(layers))
     n = _sample_count(prep, num_samples)
-    with _progress(n, "sampling") as bar:
-        task = bar.add_task("sampling", total=n)
-        result = run_sdr(
-            prep.loaded.model, chosen, prep.source, num_samples=n,
-            batch_size=prep.settings.batch_size, device=prep.device, tolerance=tol,
-            progress=lambda k: bar.advance(task, k),
-        )  # fmt: skip
+    with distributed.process_group(launch, prep.device) as group:
+        sdr_args = {"num_samples": n, "batch_size": prep.settings.batch_size,
+                    "device": prep.device, "tolerance": tol, "group": group}  # fmt: skip
+        if group is not None and not group.is_main:
+            # the other ranks share the work, then stay silent: rank 0 writes every output
+            run_sdr(prep.loaded.model, chosen, prep.source, **sdr_args)
+            return
+        with _progress(n, "sampling") as bar:
+            task = bar.add_task("sampling", total=n)
+            result = run_sdr(
+                prep.loaded.model, chosen, prep.source, **sdr_args,
+                progress=lambda k: bar.advance(task, k),
+            )  # fmt: skip
+    if result.oom_halvings:
+        stderr_console().print(
+            f"note: out of memory on {prep.device} at batch size {result.batch_size}: halved "
+            f"{result.oom_halvings} time(s), continued with batch size "
+            f"{result.batch_size_final} from the same sample",
+            markup=False,
+        )
     config_doc = {**prep.config, "num_samples": n, "layers": _split(layers) or ["all"],
                   "tolerance": tol, "pairs": pairs}  # fmt: skip
     if json_out:
@@ -767,6 +785,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``genaudit`` script and ``python -m genaudit``."""
     app(args=argv, prog_name="genaudit")
 
+
+from . import cli_check  # noqa: E402, F401  (registers the check command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

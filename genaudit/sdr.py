@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import NothingToAnalyseError
+from .distributed import DistributedRun, all_reduce_accumulators, shard_ranges
+from .errors import ModelInputError, NothingToAnalyseError
 from .hooks import eval_mode, forward_hooks
 from .layers import ALL_LEVELS, LayerRecord
 from .model import InputSource
@@ -189,10 +190,18 @@ class SDRResult:
     num_samples: int
     tolerance: float
     hist_edges: tuple[float, ...] = field(default=HIST_EDGES)
+    batch_size: int = 0  # as asked; 0 when unknown
+    batch_size_final: int = 0  # after out-of-memory halvings
+    oom_halvings: int = 0
+    world_size: int = 1  # processes that shared the samples (torchrun)
 
     def to_dict(self, pairs: bool = False) -> dict[str, Any]:
         return {
             "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "batch_size_final": self.batch_size_final,
+            "oom_halvings": self.oom_halvings,
+            "world_size": self.world_size,
             "generic_tolerance_log10": self.tolerance,
             "histogram_edges_log10": [-math.inf, *self.hist_edges, math.inf],
             "layers": [layer.to_dict(pairs) for layer in self.layers],
@@ -213,10 +222,79 @@ class _StopForward(Exception):
     """Raised from a hook once every chosen layer has seen its input: the rest is not needed."""
 
 
+Accumulator = SpectrumAccumulator | CovarianceAccumulator
+
+
+@dataclass(frozen=True, eq=False)
+class Statistics:
+    """What :func:`collect_statistics` gathered: per-layer sums, weights, how the batches went.
+
+    ``accumulators`` and ``weights`` are keyed by layer index. ``batch_size_final`` is the batch
+    size the run ended with (smaller than asked after out-of-memory halvings; over all ranks of
+    a distributed run, the smallest), ``oom_halvings`` how often it was halved (the most on
+    any rank), ``world_size`` the number of processes that shared the samples.
+    """
+
+    accumulators: dict[int, Accumulator]
+    weights: dict[int, torch.Tensor]
+    batch_size: int
+    batch_size_final: int
+    oom_halvings: int = 0
+    world_size: int = 1
+
+
 def _weight(module: nn.Module) -> torch.Tensor:
     w = module.weight
     assert isinstance(w, torch.Tensor)
     return w.detach()
+
+
+def _new_accumulator(record: LayerRecord) -> Accumulator:
+    if record.analysis == "sdr":
+        return SpectrumAccumulator(record.dims)
+    return CovarianceAccumulator()
+
+
+def _zero_accumulator(record: LayerRecord, device: torch.device) -> Accumulator:
+    """An empty accumulator with allocated zero sums of the record's shapes (for all-reduce)."""
+    f64 = torch.float64
+    if record.analysis == "sdr":
+        grid = tuple(int(m) for m in record.grid)
+        shape = (int(record.input_shape[0]), *grid[:-1], grid[-1] // 2 + 1)
+        return SpectrumAccumulator.from_sums(torch.zeros(shape, dtype=f64, device=device), 0, grid)
+    n = int(record.input_shape[-1]) if record.type == "Linear" else math.prod(record.input_shape)
+    acc = CovarianceAccumulator()
+    acc.total = torch.zeros(n, dtype=f64, device=device)
+    acc.outer = torch.zeros(n, n, dtype=f64, device=device)
+    return acc
+
+
+def _merge(into: Accumulator, batch: Accumulator) -> Accumulator:
+    """Add one batch's sums; the first batch's accumulator is adopted as it is (no copy)."""
+    if into.count == 0 and into is not batch and _is_unallocated(into):
+        return batch
+    if isinstance(into, SpectrumAccumulator) and isinstance(batch, SpectrumAccumulator):
+        return into.merge(batch)
+    if isinstance(into, CovarianceAccumulator) and isinstance(batch, CovarianceAccumulator):
+        return into.merge(batch)
+    raise TypeError("cannot merge accumulators of different kinds")
+
+
+def _is_unallocated(acc: Accumulator) -> bool:
+    if isinstance(acc, SpectrumAccumulator):
+        return acc.power_sum is None
+    return acc.total is None
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host → device without stalling the host: pinned memory and an asynchronous copy."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _halved(batch_size: int) -> int:
+    return max(1, batch_size // 2)
 
 
 def collect_statistics(
@@ -228,32 +306,52 @@ def collect_statistics(
     batch_size: int,
     device: torch.device,
     progress: Callable[[int], None] | None = None,
-) -> tuple[dict[int, SpectrumAccumulator | CovarianceAccumulator], dict[int, torch.Tensor]]:
+    group: DistributedRun | None = None,
+) -> Statistics:
     """Stream ``num_samples`` samples through ``model`` and accumulate each layer's input.
 
-    Returns accumulators and the weights as they were when the layers ran (weight norm and
+    Returns the accumulators and the weights as they were when the layers ran (weight norm and
     other parametrisations are evaluated by then), keyed by layer index.
+
+    Transactional batches: the hooks add into per-batch accumulators that are merged into the
+    run's totals only once the batch's forward pass has finished. When a batch runs out of
+    device memory (``torch.OutOfMemoryError``, CUDA's included), nothing of it has been
+    counted: the batch size is halved and the run continues from the same sample, so the
+    result equals a run with the smaller batch size from that sample on (exactly, when the
+    first batch is the one that failed). Out of memory at batch size 1 raises
+    :class:`NothingToAnalyseError`.
+
+    With ``group`` (a torchrun job) this process runs only its shard of the samples
+    (:func:`~genaudit.distributed.shard_ranges`, blocks of ``batch_size``) and the sums are
+    all-reduced at the end, so every rank returns the statistics of all ``num_samples``.
+
+    The loop makes no host synchronisation on CUDA: inputs are copied asynchronously from
+    pinned memory, accumulators stay on the device, and progress counts come from shapes.
     """
+    if source.available is not None and num_samples > source.available:
+        raise ModelInputError(
+            f"{num_samples} samples asked for, but the input files hold {source.available}",
+            f"pass --num-samples {source.available} or fewer",
+        )
     modules = dict(model.named_modules(remove_duplicate=False))
-    acc: dict[int, SpectrumAccumulator | CovarianceAccumulator] = {}
     weights: dict[int, torch.Tensor] = {}
     active = [r for r in records if r.analysis != "skipped"]
-    for r in active:
-        acc[r.index] = (
-            SpectrumAccumulator(r.dims) if r.analysis == "sdr" else CovarianceAccumulator()
-        )
+    acc: dict[int, Accumulator] = {
+        r.index: _zero_accumulator(r, device) if group is not None else _new_accumulator(r)
+        for r in active
+    }
+    staging: dict[int, Accumulator] = {}
     # Stop the forward pass after the last chosen layer has taken its input, unless a layer
     # runs several times per pass (all its calls count).
     can_stop = all(r.calls == 1 for r in active)
     last = max((r.index for r in active), default=-1)
 
     def make_hook(r: LayerRecord) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        a = acc[r.index]
-
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
             if r.index not in weights:
                 weights[r.index] = _weight(module).clone()
+            a = staging[r.index]
             if isinstance(a, SpectrumAccumulator):
                 a.add(x.detach())
             elif r.type == "Linear":
@@ -265,14 +363,55 @@ def collect_statistics(
 
         return hook
 
+    def run_batch(start: int, stop: int) -> None:
+        staging.clear()
+        staging.update((r.index, _new_accumulator(r)) for r in active)
+        inputs = tuple(_to_device(t, device) for t in source.batch(start, stop))
+        with contextlib.suppress(_StopForward):
+            model(*inputs)
+
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    ranges = shard_ranges(num_samples, batch_size, rank, world)
+    size, halvings = batch_size, 0
     hooks = [(modules[r.name], make_hook(r)) for r in active]
     with eval_mode(model), forward_hooks(hooks, pre=True), torch.no_grad():
-        for inputs in source.batches(num_samples, batch_size, device):
-            with contextlib.suppress(_StopForward):
-                model(*inputs)
-            if progress is not None:
-                progress(int(inputs[0].shape[0]))
-    return acc, weights
+        if not ranges:
+            # No samples for this rank: one throwaway sample shows the weights as they run.
+            run_batch(0, 1)
+        for lo, hi in ranges:
+            start = lo
+            while start < hi:
+                stop = min(start + size, hi)
+                try:
+                    run_batch(start, stop)
+                except torch.OutOfMemoryError:
+                    failed = True  # handled below, once the traceback's tensors are released
+                else:
+                    failed = False
+                if failed:
+                    staging.clear()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if size == 1:
+                        raise NothingToAnalyseError(
+                            f"out of memory on {device} even with a batch of 1 sample",
+                            "free device memory, analyse fewer layers (--layers) or use "
+                            "--device cpu",
+                        )
+                    size, halvings = _halved(size), halvings + 1
+                    continue
+                for index, batch in staging.items():
+                    acc[index] = _merge(acc[index], batch)
+                staging.clear()
+                if progress is not None:
+                    progress(stop - start)
+                start = stop
+        staging.clear()
+    if group is not None:
+        all_reduce_accumulators(group, [acc[r.index] for r in active])
+        worst = group.all_reduce_max(torch.tensor([halvings, -size], dtype=torch.int64))
+        halvings, size = int(worst[0]), -int(worst[1])
+    return Statistics(acc, weights, batch_size, size, halvings, world)
 
 
 def layer_sdr(
@@ -343,17 +482,34 @@ def run_sdr(
     device: torch.device,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Callable[[int], None] | None = None,
+    group: DistributedRun | None = None,
 ) -> SDRResult:
-    """SDR of every pair of every chosen layer (``records``), trace ratios, per-level pooling."""
+    """SDR of every pair of every chosen layer (``records``), trace ratios, per-level pooling.
+
+    ``group``: this process's place in a torchrun job (see :mod:`genaudit.distributed`); the
+    samples are shared out and the statistics summed, so every rank returns the same result.
+    Out-of-memory batches are retried at half the size (see :func:`collect_statistics`); the
+    result records the final batch size and the number of halvings.
+    """
     if not any(r.analysis != "skipped" for r in records):
         reasons = "; ".join(f"{r.name}: {r.reason}" for r in records)
         raise NothingToAnalyseError(
             f"none of the chosen layers can be analysed ({reasons})",
             "choose other layers with --layers",
         )
-    acc, weights = collect_statistics(
+    stats = collect_statistics(
         model, records, source, num_samples=num_samples, batch_size=batch_size, device=device,
-        progress=progress,
+        progress=progress, group=group,
     )  # fmt: skip
+    acc, weights = stats.accumulators, stats.weights
     layers = tuple(layer_sdr(r, acc.get(r.index), weights.get(r.index), tolerance) for r in records)
-    return SDRResult(layers, pool_levels(layers, tolerance), num_samples, tolerance)
+    return SDRResult(
+        layers,
+        pool_levels(layers, tolerance),
+        num_samples,
+        tolerance,
+        batch_size=stats.batch_size,
+        batch_size_final=stats.batch_size_final,
+        oom_halvings=stats.oom_halvings,
+        world_size=stats.world_size,
+    )

@@ -449,14 +449,21 @@ def _axis_lags(k: int, dil: int, s: int, m: int) -> tuple[dict[int, int], list[i
     return columns, list(residues)
 
 
-def _lag_product(w: Tensor, shift: Sequence[int]) -> Tensor:
-    """``Σ_t w[..., t] · w[..., t + shift]`` over the overlap, for ``w`` ``(A, B, k…)``."""
-    left: list[slice] = [slice(None), slice(None)]
-    right: list[slice] = [slice(None), slice(None)]
-    for t, k in zip(shift, w.shape[2:], strict=True):
-        left.append(slice(max(0, -t), int(k) - max(0, t)))
-        right.append(slice(max(0, t), int(k) - max(0, -t)))
-    return (w[tuple(left)] * w[tuple(right)]).flatten(2).sum(-1)
+def _lag_product(taps_first: Tensor, shift: Sequence[int], out: Tensor) -> Tensor:
+    """``out = Σ_t w[t] · w[t + shift]`` over the overlap, for ``taps_first`` ``(k…, A, B)``.
+
+    The taps lead, so ``taps_first[t]`` is one contiguous ``(A, B)`` plane: the products are
+    accumulated plane by plane into ``out`` ``(A, B)``, with no temporary of all taps.
+    """
+    overlap = [
+        range(max(0, -t), int(k) - max(0, t))
+        for t, k in zip(shift, taps_first.shape[: len(shift)], strict=True)
+    ]
+    out.zero_()
+    for tap in itertools.product(*overlap):
+        other = tuple(x + t for x, t in zip(tap, shift, strict=True))
+        out.addcmul_(taps_first[tap], taps_first[other])
+    return out
 
 
 def kernel_lag_autocorrelation(
@@ -488,7 +495,8 @@ def kernel_lag_autocorrelation(
     """
     g = _check_grid(grid)
     d = len(g)
-    w = _pair_kernels(weight, transposed=transposed, groups=groups)
+    # shapes and checks only (a meta tensor: no copy); the values come from ``weight`` below
+    w = _pair_kernels(weight.detach().to("meta"), transposed=transposed, groups=groups)
     if w.dim() - 2 != d:
         raise ValueError(f"weight has {w.dim() - 2} spatial dims but grid {g} has {d}")
     dil = _as_tuple(dilation, d, "dilation")
@@ -500,25 +508,41 @@ def kernel_lag_autocorrelation(
         columns.append(c)
         residues.append(r)
     shape = tuple(len(r) for r in residues)
-    out: list[Tensor | None] = [None] * math.prod(shape)
-    # a(τ) = a(−τ): compute the lexicographically non-negative half, file it under both lags.
+    # One contiguous (X, Y) plane per lag, lags wrapped onto the grid (collisions add up), with
+    # (X, Y) = (C_out, C_in/g), or (C_in, C_out/g) for transposed convs (regrouped below).
+    x_rows, y_cols = int(weight.shape[0]), int(weight.shape[1])
+    planes = torch.zeros(
+        (math.prod(shape), x_rows, y_cols), dtype=torch.float64, device=weight.device
+    )
+    # The weight upcast with its taps leading, (k…, X, Y): a 2-D transpose of the stored
+    # (X·Y, taps) layout, after which every tap is one contiguous plane and each lag is a
+    # sum of plane products accumulated in place (a(τ) = a(−τ): only the lexicographically
+    # non-negative half is computed, and filed under both lags).
+    flat = weight.detach().reshape(x_rows * y_cols, -1).t()
+    taps_first = flat.to(torch.float64, memory_format=torch.contiguous_format).contiguous()
+    taps_first = taps_first.view(*k, x_rows, y_cols)
+    value = taps_first.new_empty((x_rows, y_cols))
     for shift in itertools.product(*(sorted(c) for c in columns)):
-        first = next((t for t in shift if t), 0)
-        if first < 0:
+        if next((t for t in shift if t), 0) < 0:
             continue
-        value = _lag_product(w, shift)
+        _lag_product(taps_first, shift, value)
         mirror = tuple(-t for t in shift)
         for lag in (shift,) if shift == mirror else (shift, mirror):
             index = tuple(c[t] for c, t in zip(columns, lag, strict=True))
-            col = int(np.ravel_multi_index(index, shape))
-            prev = out[col]
-            out[col] = value if prev is None else prev + value
-    zeros = w.new_zeros(w.shape[:2])
-    values = torch.stack([zeros if v is None else v for v in out], dim=-1)
+            planes[int(np.ravel_multi_index(index, shape))].add_(value)
     if math.prod(s) != 1:
-        values = values * float(math.prod(s))
+        planes.mul_(float(math.prod(s)))
+    # (C_out, C_in/g, L) as a view of the planes where the layout allows (lags stay contiguous
+    # planes; ConvTranspose planes are (C_in, C_out/g), regrouped like _pair_kernels does)
+    n_lags = int(planes.shape[0])
+    if transposed:
+        c_in_g = x_rows // groups
+        grouped = planes.reshape(n_lags, groups, c_in_g, y_cols).permute(1, 3, 2, 0)
+        values = grouped.reshape(groups * y_cols, c_in_g, n_lags)
+    else:
+        values = planes.movedim(0, -1)
     grids = torch.meshgrid(*[torch.tensor(r, dtype=torch.int64) for r in residues], indexing="ij")
-    lags = torch.stack([gg.reshape(-1) for gg in grids], dim=1).to(w.device)
+    lags = torch.stack([gg.reshape(-1) for gg in grids], dim=1).to(weight.device)
     zero_lag = int(
         np.ravel_multi_index(tuple(r.index(0) for r in residues), tuple(len(r) for r in residues))
     )
@@ -710,13 +734,18 @@ def spectral_density_ratio(
         a = kl.values
         r = input_lag_autocorrelation(spectrum, kl.lags)  # (C_in, L)
         c_out = int(a.shape[0])
-        num = torch.einsum(
-            "goil,gil->goi",
-            a.reshape(groups, c_out // groups, c_in_g, -1),
-            r.reshape(groups, c_in_g, -1),
-        ).reshape(c_out, c_in_g)
+        # products summed lag by lag: ``a`` keeps its lags in contiguous planes (see
+        # kernel_lag_autocorrelation), which a batched matmul would first transpose
+        r_pair = r.reshape(groups, 1, c_in_g, -1)
+        a_pair = a.reshape(groups, c_out // groups, c_in_g, -1)
+        num = a_pair[..., 0] * r_pair[..., 0]
+        sum_a = a_pair[..., 0].clone()
+        for lag in range(1, int(a.shape[-1])):
+            num.addcmul_(a_pair[..., lag], r_pair[..., lag])
+            sum_a.add_(a_pair[..., lag])
+        num = num.reshape(c_out, c_in_g).contiguous()
         total_p = a[..., kl.zero_lag] * float(n_all)
-        sum_p = total_p - a.sum(-1)
+        sum_p = total_p - sum_a.reshape(c_out, c_in_g)
     elif method == "fft":
         p = kernel_power(
             weight, grid, transposed=transposed, stride=stride, dilation=dilation, groups=groups

@@ -1,0 +1,373 @@
+"""``genaudit check``: the CI gate on a checkpoint (rules, baselines, JUnit, annotations).
+
+Parse → configuration → one SDR pass and at most one stretch run → :mod:`genaudit.gate` →
+verdict table / JSON / JUnit / GitHub annotations and step summary → exit code 0 or 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from . import gate
+from .cli import (
+    AllowGlobalOpt,
+    ArchKwargsOpt,
+    ArchOpt,
+    BatchOpt,
+    ConfigOpt,
+    DeviceOpt,
+    GeneratorOpt,
+    InputsOpt,
+    JsonOpt,
+    LabelFormatOpt,
+    LatentsOpt,
+    ModuleOpt,
+    NumClassesOpt,
+    NumSamplesOpt,
+    SamplerOpt,
+    SeedOpt,
+    StateKeyOpt,
+    StripPrefixOpt,
+    TrustOpt,
+    ZDistOpt,
+    ZShapeOpt,
+    _common,
+    _debug,
+    _progress,
+    _sample_count,
+    app,
+    handle_errors,
+    prepare,
+    sdr_tolerance,
+    stderr_console,
+    stdout_console,
+)
+from .errors import GenauditError, NothingToAnalyseError, UsageError
+from .export import check_destination, emit, envelope, to_json, write_atomic
+from .layers import walk_layers
+from .report import _table
+from .sdr import SDRResult, run_sdr
+from .stretch import StretchResult, run_stretch
+from .transforms import make_transform
+
+CHECK_HELP = f"""Gate a checkpoint in CI: check rules on genaudit's metrics, and drift against a
+baseline. Exit 0: passed (warnings allowed); 1: a fail rule was violated, a value drifted
+beyond its tolerance, or a warning with --fail-on-warn; 2: usage or configuration error;
+3: invalid input (checkpoint, baseline of another architecture); 4: nothing analysable.
+
+Rules come from [[tool.genaudit.check.rules]] in pyproject.toml, [[check.rules]] in
+genaudit.toml or --config FILE (keys metric, select, min, max, severity), and from --rule
+flags. Rules in a file replace the default rules unless default_rules = true; --rule adds.
+Selections: all (each layer), hidden (the coarse, intermediate and fine levels present),
+a level (its pairs pooled), dotted names, globs, indices. Default rules (hidden = the hidden
+levels present):
+
+\b
+{gate.default_rules_help()}
+
+Metrics:
+
+\b
+{gate.metrics_help()}
+
+Drift tolerances of --baseline (absolute, per layer; [check.drift] overrides, inf = off):
+
+\b
+{gate.drift_help()}
+
+See docs/ci.md for the reasons behind the defaults and for CI recipes."""
+
+RuleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--rule",
+        help="Add a rule METRIC:SELECT:MIN:MAX:SEVERITY (empty fields: all, no bound, fail), "
+        "e.g. stretch.rel_mse:fine::0.3 or sdr.sd_log10:hidden::0.2:warn. Repeatable.",
+    ),
+]
+
+
+def _verdict_table(result: gate.GateResult, title: str) -> Table:
+    """One row per rule × layer/level: value, bound, severity and result."""
+    table = _table(title)
+    columns = [("#", "right"), ("rule", "left"), ("layer / level", "left"), ("value", "right"),
+               ("severity", "left"), ("result", "left")]  # fmt: skip
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for e in result.evaluations:
+        where = e.where + (f" ({e.layer})" if e.layer and e.layer != e.name else "")
+        value = gate.fmt_value(e.value)
+        mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
+        table.add_row(str(e.rule.index), e.rule.describe(), where, value, e.rule.severity, mark)
+    return table
+
+
+def _drift_table(result: gate.GateResult) -> Table:
+    table = _table(f"beyond the allowed drift from baseline {result.baseline}")
+    for name in ("metric", "layer", "baseline", "value", "change", "allowed"):
+        table.add_column(name, justify="left" if name in ("metric", "layer") else "right")
+    for d in result.drifted:
+        table.add_row(d.metric, d.layer, gate.fmt_value(d.baseline), gate.fmt_value(d.value),
+                      gate.fmt_value(d.delta, "{:+.4g}"), f"±{d.tolerance:g}")  # fmt: skip
+    return table
+
+
+ModelsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL...",
+        help="Checkpoint(s): .safetensors (or sharded index), torch state dict, Lightning .ckpt …; "
+        "several are checked one after the other with the same rules (the exit code is the "
+        "highest of theirs).",
+        show_default=False,
+    ),
+]
+
+
+@app.command("check", help=CHECK_HELP)
+@handle_errors
+def check_cmd(
+    models: ModelsArg,
+    rule: RuleOpt = None,
+    default_rules: Annotated[
+        bool | None,
+        typer.Option(
+            "--default-rules/--no-default-rules",
+            help="Keep or drop the built-in rules [default: on unless the file has rules].",
+        ),
+    ] = None,
+    fail_on_warn: Annotated[
+        bool | None,
+        typer.Option("--fail-on-warn/--no-fail-on-warn", help="Warnings fail the gate too."),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="Compare with this baseline; fail on drift."),
+    ] = None,
+    write_baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--write-baseline",
+            help="Store this run's metrics and architecture fingerprint as a baseline (written "
+            "only when the gate passes).",
+        ),
+    ] = None,
+    json_out: JsonOpt = None,
+    junit: Annotated[
+        str | None,
+        typer.Option(
+            "--junit",
+            help="Write a JUnit XML report to FILE (- for stdout): one testsuite per checkpoint.",
+        ),
+    ] = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    state_key: StateKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    module: ModuleOpt = None,
+    allow_global: AllowGlobalOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    latents: LatentsOpt = None,
+    sampler: SamplerOpt = None,
+    z_shape: ZShapeOpt = None,
+    z_dist: ZDistOpt = "normal",
+    num_classes: NumClassesOpt = None,
+    label_format: LabelFormatOpt = "int",
+    inputs: InputsOpt = None,
+    generator: GeneratorOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    num_samples: NumSamplesOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    if json_out == "-" and junit == "-":
+        raise UsageError("only one of --json and --junit can write to stdout (-)")
+    if write_baseline == "-":
+        raise UsageError("--write-baseline needs a file name, not -")
+    if len(models) > 1 and (json_out or write_baseline):
+        raise UsageError(
+            f"--json and --write-baseline take one checkpoint; {len(models)} were given",
+            "run genaudit check once per checkpoint for these (--junit handles several)",
+        )
+    check_destination(json_out, "--json")
+    check_destination(junit, "--junit")
+    check_destination(write_baseline, "--write-baseline")
+    options = _Options(
+        shared=_common(locals()), rule_flags=tuple(rule or ()), default_rules=default_rules,
+        fail_on_warn=fail_on_warn, baseline=baseline, write_baseline=write_baseline,
+        json_out=json_out, quiet=json_out == "-" or junit == "-",
+    )  # fmt: skip
+    suites: list[tuple[str, gate.GateResult | str]] = []
+    codes: list[int] = []
+    for model in models:
+        try:
+            result = _check_one(model, options)
+        except GenauditError as exc:
+            if (len(models) == 1 and not junit) or _debug():
+                raise  # handle_errors prints it
+            _report_error(model, exc, prefix=len(models) > 1)
+            suites.append((f"genaudit check {Path(model).name}", " ".join(exc.lines())))
+            codes.append(int(exc.exit_code))
+            continue
+        suites.append((f"genaudit check {Path(model).name}", result))
+        codes.append(result.exit_code)
+    if junit:
+        emit(junit, gate.junit_xml(suites))
+    if max(codes):
+        raise typer.Exit(max(codes))
+
+
+def _report_error(model: str, exc: GenauditError, *, prefix: bool) -> None:
+    """What handle_errors prints, naming the checkpoint when there are several; and an
+    annotation on GitHub Actions."""
+    err = stderr_console()
+    lines = exc.lines()
+    head = f"{model}: " if prefix else ""
+    err.print(f"error: {head}{lines[0]}", markup=False)
+    for line in lines[1:]:
+        err.print(f"hint: {line}", markup=False)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        sys.stderr.write(gate.github_error(" ".join(lines), model) + "\n")
+        sys.stderr.flush()
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a", encoding="utf-8") as fh:
+            fh.write(gate.step_summary_error(model, " ".join(lines)))
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The command's options, shared by every checkpoint it checks."""
+
+    shared: dict[str, Any]
+    rule_flags: tuple[str, ...]
+    default_rules: bool | None
+    fail_on_warn: bool | None
+    baseline: str | None
+    write_baseline: str | None
+    json_out: str | None
+    quiet: bool  # something else writes to stdout
+
+
+def _check_one(model: str, opts: _Options) -> gate.GateResult:
+    """Check one checkpoint: analyses, verdict, its outputs; returns the verdict."""
+    prep = prepare(model, **opts.shared)
+    cfg = gate.parse_check_config(
+        prep.table, config_file=prep.settings.config_file, rule_flags=opts.rule_flags,
+        default_rules=opts.default_rules, fail_on_warn=opts.fail_on_warn, baseline=opts.baseline,
+    )  # fmt: skip
+    write_baseline, json_out = opts.write_baseline, opts.json_out
+    num_samples = opts.shared["num_samples"]
+    tol = sdr_tolerance(prep.table, None)
+    op = make_transform("stretch", float(cfg.stretch["factor"]), str(cfg.stretch["axis"]))
+    if prep.source.description["kind"] == "probe":
+        raise UsageError(
+            f"{Path(model).name} is fed data ({prep.loaded.arch}), and no data was given",
+            "pass --inputs FILE with samples of shape "
+            + "×".join(map(str, prep.source.description["shape"])),
+        )
+    first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
+    records = walk_layers(prep.loaded.model, first, prep.settings.levels)
+    loaded = prep.loaded
+    fp = gate.fingerprint(loaded.arch, loaded.arch_kwargs, loaded.module, records)
+    targets = gate.resolve_targets(cfg.rules, records)
+    n = _sample_count(prep, num_samples)
+    run_config = {"seed": prep.settings.seed, "num_samples": n, "tolerance": tol,
+                  "stretch": op.to_dict()}  # fmt: skip
+    notes: list[str] = []
+    base = gate.read_baseline(cfg.baseline) if cfg.baseline else None
+    compared: dict[str, set[str]] = {}
+    if base is not None:
+        gate.check_fingerprint(base, fp)
+        notes += gate.check_baseline_settings(base, run_config, cfg.drift)
+        compared = gate.drift_layers(base, cfg.drift)
+    if not targets and not compared:
+        raise NothingToAnalyseError(
+            f"no rule applies to {Path(model).name}: none of its layers has the metrics the "
+            "rules bound",
+            "configure [[check.rules]] for this model's layers (see genaudit layers MODEL)",
+        )
+    plan = gate.plan_analyses(targets, records, compared=compared,
+                              every_layer=write_baseline is not None)  # fmt: skip
+
+    sdr_result: SDRResult | None = None
+    if plan.sdr:
+        with _progress(n, "sampling") as bar:
+            task = bar.add_task("sampling", total=n)
+            sdr_result = run_sdr(
+                loaded.model, list(plan.sdr), prep.source, num_samples=n,
+                batch_size=prep.settings.batch_size, device=prep.device, tolerance=tol,
+                progress=lambda k: bar.advance(task, k),
+            )  # fmt: skip
+    stretch_result: StretchResult | None = None
+    if plan.stretch:
+        try:
+            stretch_result = run_stretch(
+                loaded.model, records, list(plan.stretch), prep.source, transform=op,
+                num_samples=n, batch_size=prep.settings.batch_size, device=prep.device,
+                keep_samples=0,
+            )  # fmt: skip
+            notes += stretch_result.notes
+        except NothingToAnalyseError as exc:
+            if plan.stretch_required:
+                raise
+            notes.append(f"the default stretch rule does not apply: {exc.message}")
+            targets = [t for t in targets if t.rule.family != "stretch"]
+
+    metrics = gate.collect_metrics(sdr_result, stretch_result)
+    evaluations = gate.evaluate_rules(targets, metrics)
+    drift = gate.compare_drift(base, metrics, cfg.drift) if base is not None else []
+    if not evaluations and not drift:
+        raise NothingToAnalyseError(f"nothing to check in {Path(model).name}")
+    result = gate.GateResult(
+        cfg.rules, tuple(evaluations), tuple(drift), cfg.fail_on_warn,
+        baseline=cfg.baseline, notes=tuple(notes),
+    )  # fmt: skip
+
+    if write_baseline:
+        if result.verdict == "fail":
+            notes.append(f"baseline {write_baseline} not written: the gate failed")
+        else:
+            text = gate.baseline_document(fp, loaded.describe(), run_config, metrics)
+            write_atomic(write_baseline, text)
+            notes.append(f"wrote baseline {write_baseline}")
+    config_doc = {**prep.config, "num_samples": n, "tolerance": tol, "check": cfg.to_dict(),
+                  "write_baseline": write_baseline}  # fmt: skip
+    if json_out:
+        doc = envelope(
+            "check", str(prep.device), config_doc, checkpoint=loaded.describe(),
+            results={**result.to_dict(), "fingerprint": fp, "metrics": metrics.to_dict()},
+        )  # fmt: skip
+        emit(json_out, to_json(doc))
+    if not opts.quiet:
+        out = stdout_console()
+        title = f"{Path(model).name}: genaudit check, {n} samples, seed {prep.settings.seed}"
+        out.print(_verdict_table(result, title))
+        if result.drifted:
+            out.print()
+            out.print(_drift_table(result))
+        out.print()
+        out.print(result.summary_line(), markup=False, soft_wrap=True)
+    err = stderr_console()
+    for note in notes:
+        err.print(f"note: {note}", markup=False)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in gate.github_annotations(result, model):
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a", encoding="utf-8") as fh:
+            fh.write(gate.step_summary(result, model))
+    return result
+
+
+__all__ = ["check_cmd"]

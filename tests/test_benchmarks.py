@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end in their reduced (--quick) form (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def test_quick_benchmarks_run(tmp_path: Path) -> None:
+    runs = {
+        "bench_sdr.py": ("--scaling",),
+        "bench_stretch.py": ("--no-memory",),  # its memory children work as bench_sdr's do
+    }
+    procs = {}  # both at once: each is mostly interpreter start-up
+    for script, extra in runs.items():
+        out = str(tmp_path / f"{script}.json")
+        procs[script] = subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / script), "--quick", "--device", "cpu",
+             "--out", out, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    docs = {}
+    for script, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "vs forward" in stdout
+        docs[script] = json.loads((tmp_path / f"{script}.json").read_text())
+
+    for doc in docs.values():
+        assert doc["machine"]["torch"] and doc["machine"]["cpu"]
+        assert [row["num_samples"] for row in doc["sizes"]] == [16, 32]
+        assert all(row["forward_s"]["min"] > 0 for row in doc["sizes"])
+
+    sdr = docs["bench_sdr.py"]
+    dense = sdr["sizes"][-1]
+    assert dense["dense_max_rel_diff"] < 1e-8  # the dense reference agrees with sdr
+    assert {"speedup_end_to_end", "speedup_pair_stage"} <= set(dense)
+    assert all(row["memory"]["sdr"]["peak_rss_mib"] > 0 for row in sdr["sizes"])
+    assert "sdr_over_forward" in sdr["targets"] and len(sdr["scaling"]) == 3
+
+    stretch = docs["bench_stretch.py"]["sizes"][0]
+    assert stretch["budget_forward_passes"] == stretch["layers"] + 1
