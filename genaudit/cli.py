@@ -31,7 +31,7 @@ from .model import (
     trial_forward,
 )
 from .pictures import write_stretch_grids
-from .plots import plot_comparison, plot_sdr
+from .plots import plot_comparison, plot_sdr, require_matplotlib
 from .report import (
     archs_table,
     comparison_table,
@@ -506,6 +506,8 @@ def sdr_cmd(
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")
     check_destination(plot, "--plot")
+    if plot:
+        require_matplotlib()
     launch = distributed.launch_env()  # set by torchrun; None for a single process
     if launch is not None:
         distributed.bind_local_device(launch)  # before loading: "cuda" is cuda:LOCAL_RANK
@@ -745,6 +747,8 @@ def compare_cmd(
     by side, with two-sample tests. The encoder is fed the decoder's outputs unless --inputs."""
     check_destination(json_out, "--json")
     check_destination(plot, "--plot")
+    if plot:
+        require_matplotlib()
     shared = {**_common(locals()), "generator": None, "inputs": None}
     dec_opts = {"arch": decoder_arch, "arch_kwargs": decoder_arch_kwargs, "module": decoder_module}
     dec = prepare(decoder, **{**shared, **dec_opts})

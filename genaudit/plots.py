@@ -30,6 +30,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def require_matplotlib() -> None:
+    """Fail early (exit 2), before any work, when --plot is asked for without matplotlib."""
+    _pyplot()
+
+
 def _bins(values: Sequence[np.ndarray]) -> np.ndarray:
     finite = [v[np.isfinite(v)] for v in values if v.size]
     lo = min((float(v.min()) for v in finite if v.size), default=-1.0)
