@@ -93,6 +93,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory children")
     p.add_argument("--quick", action="store_true", help="tiny model, tiny N (smoke test)")
     p.add_argument("--out", help="write the results as JSON to this file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for n in args.sizes:
         print(f"N={n} …", file=sys.stderr)
-        row = measure_n(args, n, model, source, records, device)
+        row = {"num_samples": n}
+        if not args.memory_only:
+            row = measure_n(args, n, model, source, records, device)
         if not args.no_memory:
             child_args = [
                 "--num-samples", str(n), "--batch-size", str(args.batch_size),
@@ -150,6 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return doc
 
 
+def _peak(memory: dict[str, Any], kind: str) -> float | None:
+    return round(memory[kind]["peak_rss_mib"], 1) if kind in memory else None
+
+
 def report(doc: dict[str, Any]) -> str:
     m, c = doc["machine"], doc["config"]
     lines = [
@@ -160,17 +167,27 @@ def report(doc: dict[str, Any]) -> str:
     ]
     rows = []
     for r in doc["sizes"]:
-        f, s = r["forward_s"], r["stretch_s"]
-        mem = r.get("memory", {}).get("stretch", {})
+        f, s = r.get("forward_s"), r.get("stretch_s")
+        mem = r.get("memory", {})
         rows.append(
-            [r["num_samples"], f"{f['min']:.3f}/{f['median']:.3f}",
-             f"{s['min']:.3f}/{s['median']:.3f}", round(r["ratio_of_median"], 2),
-             r["budget_forward_passes"], r["verdict"],
-             round(mem["peak_rss_mib"], 1) if mem else None]
+            [r["num_samples"], f"{f['min']:.3f}/{f['median']:.3f}" if f else None,
+             f"{s['min']:.3f}/{s['median']:.3f}" if s else None,
+             round(r["ratio_of_median"], 2) if s else None, r.get("budget_forward_passes"),
+             r.get("verdict"), _peak(mem, "stretch"), _peak(mem, "forward")]
         )  # fmt: skip
     lines.append(
         common.format_table(
-            ["N", "forward", "stretch", "ratio", "budget", "verdict", "peak RSS MiB"], rows
+            [
+                "N",
+                "forward",
+                "stretch",
+                "ratio",
+                "budget",
+                "verdict",
+                "stretch peak MiB",
+                "forward peak MiB",
+            ],
+            rows,
         )
     )
     return "\n".join(lines)

@@ -4,7 +4,8 @@ Timings are wall-clock seconds around a callable, with ``torch.cuda.synchronize`
 after on CUDA. Each measurement is repeated; tables show the minimum and the median (the
 machine may be shared: the minimum is the least disturbed run, the median the typical one).
 Peak memory is measured in a fresh child process per configuration, so one measurement
-cannot inherit another's peak: ``ru_maxrss`` (host) and ``torch.cuda.max_memory_allocated``.
+cannot inherit another's peak: ``VmHWM`` (host, see :func:`peak_rss_bytes`) and
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -139,7 +140,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (``ru_maxrss`` is in KiB on Linux)."""
+    """Peak resident set size of this process since it started its program.
+
+    ``VmHWM`` from ``/proc/self/status`` where there is one: ``ru_maxrss`` is not enough in a
+    child, because Linux carries the parent's resident size at ``fork`` over ``execve`` into
+    it (a child of a big parent reports the parent's size). Elsewhere ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
@@ -178,7 +190,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return "—" if v is None else str(v)
 
     text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in text)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for r in text:

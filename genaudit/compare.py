@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from .errors import NothingToAnalyseError
 from .sdr import LayerSDR, SDRResult, Summary
@@ -83,6 +82,8 @@ def mirror_pairs(
 
 def compare_results(decoder: SDRResult, encoder: SDRResult) -> Comparison:
     """Side-by-side distributions and two-sample tests for each mirrored pair of layers."""
+    from scipy import stats  # imported here: it costs about a second at start-up
+
     out = []
     for d, e in mirror_pairs(decoder.layers, encoder.layers):
         dv = d.log10().ravel()
