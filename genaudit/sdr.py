@@ -121,14 +121,16 @@ class LayerSDR:
         """``(out_channel, in_channel, sdr, log10_sdr)`` for every existing pair."""
         if self.values is None or self.input_index is None:
             return []
-        logs = self.log10()
-        rows = []
-        for o in range(self.values.shape[0]):
-            for j in range(self.values.shape[1]):
-                rows.append(
-                    (o, int(self.input_index[o, j]), float(self.values[o, j]), float(logs[o, j]))
-                )
-        return rows
+        outs = np.repeat(np.arange(self.values.shape[0]), self.values.shape[1])
+        return list(
+            zip(
+                outs.tolist(),
+                self.input_index.ravel().tolist(),
+                self.values.ravel().tolist(),
+                self.log10().ravel().tolist(),
+                strict=True,
+            )
+        )
 
     def to_dict(self, pairs: bool = False) -> dict[str, Any]:
         r = self.record
