@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from . import gate
 from .cli import (
@@ -52,7 +51,7 @@ from .cli import (
 from .errors import GenauditError, NothingToAnalyseError, UsageError
 from .export import check_destination, emit, envelope, to_json, write_atomic
 from .layers import walk_layers
-from .report import _table
+from .report import drift_table, verdict_table
 from .sdr import SDRResult, run_sdr
 from .stretch import StretchResult, run_stretch
 from .transforms import make_transform
@@ -92,31 +91,6 @@ RuleOpt = Annotated[
         "e.g. stretch.rel_mse:fine::0.3 or sdr.sd_log10:hidden::0.2:warn. Repeatable.",
     ),
 ]
-
-
-def _verdict_table(result: gate.GateResult, title: str) -> Table:
-    """One row per rule × layer/level: value, bound, severity and result."""
-    table = _table(title)
-    columns = [("#", "right"), ("rule", "left"), ("layer / level", "left"), ("value", "right"),
-               ("severity", "left"), ("result", "left")]  # fmt: skip
-    for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for e in result.evaluations:
-        where = e.where + (f" ({e.layer})" if e.layer and e.layer != e.name else "")
-        value = gate.fmt_value(e.value)
-        mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
-        table.add_row(str(e.rule.index), e.rule.describe(), where, value, e.rule.severity, mark)
-    return table
-
-
-def _drift_table(result: gate.GateResult) -> Table:
-    table = _table(f"beyond the allowed drift from baseline {result.baseline}")
-    for name in ("metric", "layer", "baseline", "value", "change", "allowed"):
-        table.add_column(name, justify="left" if name in ("metric", "layer") else "right")
-    for d in result.drifted:
-        table.add_row(d.metric, d.layer, gate.fmt_value(d.baseline), gate.fmt_value(d.value),
-                      gate.fmt_value(d.delta, "{:+.4g}"), f"±{d.tolerance:g}")  # fmt: skip
-    return table
 
 
 ModelsArg = Annotated[
@@ -350,10 +324,10 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
     if not opts.quiet:
         out = stdout_console()
         title = f"{Path(model).name}: genaudit check, {n} samples, seed {prep.settings.seed}"
-        out.print(_verdict_table(result, title))
+        out.print(verdict_table(result, title))
         if result.drifted:
             out.print()
-            out.print(_drift_table(result))
+            out.print(drift_table(result))
         out.print()
         out.print(result.summary_line(), markup=False, soft_wrap=True)
     err = stderr_console()

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import __version__
 from .errors import UsageError
 
@@ -24,6 +22,8 @@ SCHEMA_VERSION = 1
 
 def envelope(command: str, device: str, config: Mapping[str, Any], **parts: Any) -> dict[str, Any]:
     """The fields every JSON report starts with: schema, versions, device, configuration."""
+    import torch
+
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,

@@ -16,14 +16,17 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import InvalidInputError, NothingToAnalyseError, UsageError
 from .export import SCHEMA_VERSION, to_json
-from .layers import ALL_LEVELS, LayerRecord, _matches
-from .sdr import SDRResult, Summary
-from .stretch import StretchResult, choose_stretch_layers
+from .levels import ALL_LEVELS, HIDDEN_LEVELS, matches_layer
+
+if TYPE_CHECKING:  # the gate's rules and help text are importable without torch
+    from .layers import LayerRecord
+    from .sdr import SDRResult, Summary
+    from .stretch import StretchResult
 
 # --------------------------------------------------------------------------- metrics
 
@@ -57,8 +60,6 @@ _METRIC_LIST = (
 )
 METRICS: dict[str, Metric] = {m.name: m for m in _METRIC_LIST}
 
-# Hidden levels fed maps (not 1×1 vectors): where SDR statistics and interventions are meaningful.
-HIDDEN_LEVELS = ("coarse", "intermediate", "fine")
 SELECT_WORDS = ("all", "hidden")
 SEVERITIES = ("fail", "warn")
 DEFAULT_STRETCH = {"factor": 1.5, "axis": "horizontal"}
@@ -479,6 +480,8 @@ def _rule_targets(rule: Rule, records: Sequence[LayerRecord], strict: bool) -> l
                     targets += [Target(rule, "layer", r.name, r) for r in members
                                 if _applies(rule, r)]  # fmt: skip
                 elif any(r.is_conv for r in members):
+                    from .stretch import choose_stretch_layers
+
                     last = choose_stretch_layers(records, [level])[-1]
                     if _applies(rule, last):
                         targets.append(Target(rule, "level", level, last))
@@ -486,7 +489,7 @@ def _rule_targets(rule: Rule, records: Sequence[LayerRecord], strict: bool) -> l
         if sel == "all":
             hits = list(records)
         else:
-            hits = [r for r in records if _matches(r, sel)]
+            hits = [r for r in records if matches_layer(r, sel)]
             if not hits and strict:
                 raise UsageError(
                     f"rule {rule.index} ({rule.describe()}): no layer or level matches {sel!r}",

@@ -6,7 +6,6 @@ order in which they were registered.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -18,10 +17,9 @@ from torch.nn.utils import parametrize
 
 from .errors import NothingToAnalyseError, UsageError
 from .hooks import eval_mode, forward_hooks
+from .levels import ALL_LEVELS, LEVELS, LINEAR_LEVEL, READOUT_LEVEL, matches_layer
 
-LEVELS = ("projection", "coarse", "intermediate", "fine", "image")
-LINEAR_LEVEL = "linear"
-ALL_LEVELS = (*LEVELS, LINEAR_LEVEL)
+__all__ = ["ALL_LEVELS", "LEVELS", "LINEAR_LEVEL", "READOUT_LEVEL", "LayerRecord", "walk_layers"]
 
 
 @dataclass(frozen=True)
@@ -251,7 +249,7 @@ def apply_level_overrides(
                 f"configuration maps {pattern!r} to unknown level {level!r}",
                 f"levels are: {', '.join(ALL_LEVELS)}",
             )
-        if not any(_matches(r, pattern) for r in records):
+        if not any(matches_layer(r, pattern) for r in records):
             raise UsageError(
                 f"configuration maps {pattern!r} to level {level!r}, but no layer matches it",
                 "layers: " + ", ".join(r.name for r in records),
@@ -259,18 +257,10 @@ def apply_level_overrides(
     result = []
     for r in records:
         for pattern, level in overrides.items():
-            if _matches(r, pattern):
+            if matches_layer(r, pattern):
                 r = replace(r, level=level)
         result.append(r)
     return result
-
-
-def _matches(record: LayerRecord, pattern: str) -> bool:
-    return (
-        record.name == pattern
-        or fnmatch.fnmatchcase(record.name, pattern)
-        or pattern == str(record.index)
-    )
 
 
 def select_layers(records: Sequence[LayerRecord], selectors: Sequence[str]) -> list[LayerRecord]:
@@ -285,7 +275,7 @@ def select_layers(records: Sequence[LayerRecord], selectors: Sequence[str]) -> l
         elif sel in ALL_LEVELS:
             hits = [r.index for r in records if r.level == sel]
         else:
-            hits = [r.index for r in records if _matches(r, sel)]
+            hits = [r.index for r in records if matches_layer(r, sel)]
         if not hits:
             present = sorted({r.level for r in records}, key=ALL_LEVELS.index)
             raise UsageError(

@@ -8,6 +8,7 @@ from rich import box
 from rich.table import Table
 
 from .compare import Comparison
+from .gate import GateResult, fmt_value
 from .layers import LayerRecord
 from .sdr import SDRResult, Summary
 from .stretch import StretchResult
@@ -196,4 +197,29 @@ def archs_table(entries: Sequence[ArchEntry]) -> Table:
     for e in entries:
         kwargs = ", ".join(f"{k}={v}" for k, v in e.defaults().items())
         table.add_row(e.name, kwargs, e.summary)
+    return table
+
+
+def verdict_table(result: GateResult, title: str) -> Table:
+    """One row per rule × layer/level: value, bound, severity and result."""
+    table = _table(title)
+    columns = [("#", "right"), ("rule", "left"), ("layer / level", "left"), ("value", "right"),
+               ("severity", "left"), ("result", "left")]  # fmt: skip
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for e in result.evaluations:
+        where = e.where + (f" ({e.layer})" if e.layer and e.layer != e.name else "")
+        value = fmt_value(e.value)
+        mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
+        table.add_row(str(e.rule.index), e.rule.describe(), where, value, e.rule.severity, mark)
+    return table
+
+
+def drift_table(result: GateResult) -> Table:
+    table = _table(f"beyond the allowed drift from baseline {result.baseline}")
+    for name in ("metric", "layer", "baseline", "value", "change", "allowed"):
+        table.add_column(name, justify="left" if name in ("metric", "layer") else "right")
+    for d in result.drifted:
+        table.add_row(d.metric, d.layer, fmt_value(d.baseline), fmt_value(d.value),
+                      fmt_value(d.delta, "{:+.4g}"), f"±{d.tolerance:g}")  # fmt: skip
     return table
