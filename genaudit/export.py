@@ -19,6 +19,22 @@ from .errors import UsageError
 
 SCHEMA_VERSION = 1
 
+# What --grid (Pillow) and --plot (matplotlib) can write, by file suffix.
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_suffix(target: str | None, flag: str, allowed: Sequence[str]) -> None:
+    """Refuse (exit 2) an output file whose suffix names a format that cannot be written."""
+    if target is None:
+        return
+    suffix = Path(target).suffix.lower()
+    if suffix not in allowed:
+        raise UsageError(
+            f"{flag} {target}: cannot write {suffix or 'a file without a suffix'}",
+            f"use one of {', '.join(allowed)}",
+        )
+
 
 def envelope(command: str, device: str, config: Mapping[str, Any], **parts: Any) -> dict[str, Any]:
     """The fields every JSON report starts with: schema, versions, device, configuration."""
