@@ -15,10 +15,18 @@ from typing import Any
 
 from .errors import UsageError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+
+def _toml() -> Any:
+    """tomllib, imported when a file is read (not at start-up: ``--help`` never reads one)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
+
+
+# A pair is generic when |log10 SDR| <= this.
+DEFAULT_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,8 @@ def find_config_file(cwd: Path | None = None) -> Path | None:
     py = cwd / "pyproject.toml"
     if py.is_file():
         try:
-            data = tomllib.loads(py.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+            data = _toml().loads(py.read_text(encoding="utf-8"))
+        except (_toml().TOMLDecodeError, UnicodeDecodeError, OSError):
             return None  # a broken pyproject.toml that has nothing for us is not our business
         if "genaudit" in data.get("tool", {}):
             return py
@@ -79,8 +87,8 @@ def read_table(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"configuration file {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = _toml().loads(path.read_text(encoding="utf-8"))
+    except (_toml().TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"configuration file {path} is not valid TOML: {exc}") from None
     if "genaudit" in data.get("tool", {}):
         table = data["tool"]["genaudit"]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,23 +68,37 @@ def to_json(document: Mapping[str, Any]) -> str:
 
 
 def check_destination(target: str | None, flag: str) -> None:
-    """Fail early (exit 2) when an output file cannot be written, before any work is done."""
+    """Fail early (exit 2) when an output file cannot be written, before any work is done.
+
+    Missing parent folders are fine (they are created when the file is written); a parent
+    path that runs through a file, or a nearest existing folder that is not writable, is not.
+    """
     if target is None or target == "-":
         return
     path = Path(target)
     if path.is_dir():
         raise UsageError(f"{flag} {target} is a directory", "give a file name")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {target}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {target}: folder {parent} is not writable")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {target}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{flag} {target}: folder {existing} is not writable")
 
 
 def write_atomic(target: str | Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename: all or nothing."""
+    """Write via a temporary file in the same folder and rename: all or nothing.
+
+    Missing parent folders are created.
+    """
     path = Path(target)
     payload = data if isinstance(data, bytes) else data.encode("utf-8")
+    if str(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -113,6 +125,8 @@ def emit(target: str, text: str) -> None:
 
 def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Tidy CSV text with a header row; NaN written as an empty field."""
+    import csv
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)

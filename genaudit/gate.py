@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from .export import SCHEMA_VERSION, to_json
 from .levels import ALL_LEVELS, HIDDEN_LEVELS, matches_layer
 
 if TYPE_CHECKING:  # the gate's rules and help text are importable without torch
+    import xml.etree.ElementTree as ET
+
     from .layers import LayerRecord
     from .sdr import SDRResult, Summary
     from .stretch import StretchResult
@@ -950,6 +951,8 @@ def junit_xml(suites: Sequence[tuple[str, GateResult | str]]) -> str:
     (with ``fail_on_warn`` it is a ``<failure type="warning">``). A checkpoint that could not be
     checked (a string: the error message) is one testcase with an ``<error>``.
     """
+    import xml.etree.ElementTree as ET
+
     root = ET.Element("testsuites", name="genaudit check")
     totals = {"tests": 0, "failures": 0, "errors": 0}
     for name, result in suites:
@@ -977,6 +980,8 @@ def junit_xml(suites: Sequence[tuple[str, GateResult | str]]) -> str:
 
 
 def _junit_cases(ts: ET.Element, result: GateResult) -> None:
+    import xml.etree.ElementTree as ET
+
     for e in result.evaluations:
         case = ET.SubElement(
             ts, "testcase", classname=f"genaudit.check.{e.rule.metric}",

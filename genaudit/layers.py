@@ -2,6 +2,24 @@
 
 The order is the order in which layers *run*, found by a dry run with forward hooks, not the
 order in which they were registered.
+
+Levels (names in :mod:`genaudit.levels`), assigned from the shapes seen in the dry run:
+
+- ``linear``: every Linear layer.
+- ``image`` or ``readout``: the last convolution that runs. It is ``readout`` when the model's
+  output is spatially smaller than its input: the last convolution's output grid has fewer points
+  than the input grid of the reference, the first convolution fed a map (more than one point), as
+  for an encoder's code or a discriminator's score. A generator fed a latent vector or a 1×1 map, a
+  super-resolution or image-to-image network and a vocoder end at ``image``, and so does a model
+  none of whose convolutions is fed a map. Linear layers are never the reference: a generator
+  whose first layer is Linear (z → Linear → a small map → convolutions) is measured from the map
+  its Linear layer makes, smaller than its image, so it ends at ``image``; a Linear layer ahead
+  of convolutions that shrink their maps (a conditional discriminator's label embedding turned
+  into an extra input map) does not keep the last of them from being a ``readout``.
+- ``projection``: any other convolution fed a 1×1 map.
+- ``coarse``, ``intermediate``, ``fine``: the other convolutions, grouped by the number of points
+  of their output grid (three contiguous groups, smallest first; ``coarse`` and ``fine`` for two
+  resolutions, ``fine`` for one).
 """
 
 from __future__ import annotations
@@ -179,17 +197,35 @@ def split_contiguous(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return out
 
 
+def _grid_points(shape: Sequence[int]) -> int:
+    """Points of the spatial grid of a ``(C, *grid)`` shape."""
+    return math.prod(shape[1:])
+
+
+def _reads_out(records: Sequence[Mapping[str, Any]], convs: Sequence[int]) -> bool:
+    """Whether the last convolution's output grid is smaller than the reference's input grid.
+
+    The reference is the first convolution (``convs``: indices in run order) fed a map of more
+    than one point; without one the model is fed vectors or 1×1 maps and is not a readout.
+    """
+    fed_maps = [i for i in convs if _grid_points(records[i]["input_shape"]) > 1]
+    if not fed_maps:
+        return False
+    reference = _grid_points(records[fed_maps[0]]["input_shape"])
+    return _grid_points(records[convs[-1]]["output_shape"]) < reference
+
+
 def assign_levels(records: list[dict[str, Any]]) -> list[str]:
-    """Levels of DESIGN §4 for records in execution order."""
+    """Levels of DESIGN §4 for records in execution order (the rule: see the module docstring)."""
     levels = [LINEAR_LEVEL] * len(records)
     convs = [i for i, r in enumerate(records) if r["type"] != "Linear"]
     if not convs:
         return levels
-    image = convs[-1]
-    levels[image] = "image"
+    last = convs[-1]
+    levels[last] = READOUT_LEVEL if _reads_out(records, convs) else "image"
     rest = []
     for i in convs[:-1]:
-        if math.prod(records[i]["input_shape"][1:]) == 1:
+        if _grid_points(records[i]["input_shape"]) == 1:
             levels[i] = "projection"
         else:
             rest.append(i)

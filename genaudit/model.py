@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from . import checkpoint as ckpt
 from . import zoo
 from .errors import ArchitectureError, ModelInputError, UsageError
 from .exported import materialise_layers
+from .values import check_device
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -31,7 +31,7 @@ DRAW_BLOCK = 64
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device when there is one, else the CPU; ``cpu``; ``cuda[:i]``."""
-    spec = spec.strip().lower()
+    spec = check_device(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -73,19 +73,6 @@ def import_object(spec: str, what: str) -> Any:
     if not callable(obj):
         raise ArchitectureError(f"{what} {spec!r} is not callable")
     return obj
-
-
-def parse_json_kwargs(text: str | None, what: str = "--arch-kwargs") -> dict[str, Any]:
-    """Parse a JSON object of keyword arguments."""
-    if text is None or not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc.msg} (at char {exc.pos})") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{what} must be a JSON object, e.g. '{{\"nz\": 100}}'")
-    return value
 
 
 # --------------------------------------------------------------------------- loading
@@ -229,22 +216,6 @@ class InputOptions:
     label_format: str = "int"
     inputs: str | None = None
     seed: int = 0
-
-
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """``100`` or ``100,1,1`` (also ``100x1x1``) → a shape without the batch dimension."""
-    if text is None or not str(text).strip():
-        return None
-    parts = re.split(r"[,x×\s]+", str(text).strip())
-    try:
-        shape = tuple(int(p) for p in parts if p)
-    except ValueError:
-        raise UsageError(
-            f"--z-shape {text!r} is not a list of integers such as 100 or 100,1,1"
-        ) from None
-    if not shape or any(s <= 0 for s in shape):
-        raise UsageError(f"--z-shape {text!r} must be positive integers")
-    return shape
 
 
 def _read_array_file(path: str, what: str) -> dict[str, torch.Tensor]:

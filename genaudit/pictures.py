@@ -1,14 +1,19 @@
-"""Stretch pictures as PNG files, with no third-party imaging library (DESIGN §5).
+"""Stretch pictures: the sample grid and the difference grid, drawn with Pillow.
 
 ``write_stretch_grids(result, "foo.png")`` writes two files:
 
 - ``foo.png``: columns are samples; rows are the original output G(z), the directly stretched
-  output T G(z), and the output after intervening at each chosen layer (labelled
-  ``<level> <dotted name>``);
+  output T G(z), and the output after intervening at each chosen layer. Every row is labelled;
+  a layer's label gives its dotted name, level and ``rel_mse``
+  (``features.5 · fine · rel_mse 0.018``);
 - ``foo_diff.png`` (``difference_path``): the absolute difference of each of those outputs to the
-  directly stretched output — first row ``original`` (what the baseline measures), then one row per
-  layer — averaged over channels, on one gray scale shared by the whole grid (0 → black, the
-  largest difference → white; the title gives the scale).
+  directly stretched output (first row: the original output, which is what the do-nothing
+  baseline measures; then one row per layer), averaged over channels and shown through the
+  perceptual colour map magma on one scale shared by the whole grid, 0 to the largest
+  difference, with a colour bar whose ticks give the values.
+
+The file format follows the suffix (``export.GRID_SUFFIXES``: PNG, JPEG, WebP, TIFF); the
+difference grid uses the same suffix. Both files are written atomically.
 
 How outputs are shown:
 
@@ -16,173 +21,158 @@ How outputs are shown:
   values in [-1, 1] with a negative one map [-1, 1] onto black…white (tanh-like); anything else
   maps the grid's own min…max;
 - channels: 1 → grayscale, 3 → RGB, 4 → the first three as RGB (alpha dropped), any other number
-  → the first channel in grayscale; the PNG is RGB only when the pictures are;
-- 2-D maps are shown as images (small ones enlarged by an integer factor, nearest neighbour),
-  3-D maps (N, C, D, H, W) by their middle slice along D, 1-D maps (N, C, L) as waveforms of the
-  first channel, drawn as line plots in a small panel per sample.
-
-Labels use a built-in 5×7 bitmap font (letters are drawn as capitals; characters it lacks show
-as ``?``). PNGs are 8-bit, unfiltered (filter type 0), and written atomically.
+  → the first channel in grayscale; the sample grid is an RGB image only when the outputs are
+  colour, the difference grid always is (it is colour-mapped);
+- 2-D maps are shown as images (small ones enlarged by an integer factor, nearest neighbour, so
+  that pixels stay visible as pixels), 3-D maps (N, C, D, H, W) by their middle slice along D,
+  1-D maps (N, C, L) as waveforms of the first channel in a small panel per sample; in the
+  difference grid a 1-D difference is a colour-mapped band, time running left to right.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import functools
+import io
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont, features
 
 from .errors import UsageError
-from .export import write_atomic
-from .stretch import StretchResult
+from .export import GRID_SUFFIXES, check_suffix, write_atomic
+from .stretch import StretchLayerResult, StretchResult
 
-# --------------------------------------------------------------------------- PNG
+# A box in pixels as Pillow's ``crop`` takes it: (left, top, right, bottom), right/bottom excluded.
+Box = tuple[int, int, int, int]
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+# --------------------------------------------------------------------------- style
+
+BACKGROUND = (255, 255, 255)
+INK = (25, 25, 25)
+FRAME = (190, 190, 190)  # a hairline around each panel, so white maps do not melt into the page
+ZERO_LINE = (215, 215, 215)
+
+LABEL_SIZE = 15
+TITLE_SIZE = 17
+TICK_SIZE = 13
+
+_PAD = 14  # outer margin
+_GAP = 6  # between panels
+_GROUP_GAP = 12  # extra space between the reference rows and the intervention rows
+_LABEL_GAP = 14  # between the label column and the panels
+_LINE_SPACING = 3
+_TITLE_GAP = 10
+_LABEL_MAX_WIDTH = 330  # longer labels are wrapped at " · ", then shortened from the left
+
+_MIN_PANEL = 128  # small maps are enlarged by an integer factor towards this size
+_MAX_ZOOM = 8
+_WAVE_HEIGHT = 80
+_WAVE_WIDTH = (192, 320)  # a panel is as wide as the signal is long, within these bounds
+_WAVE_MARGIN = 4  # keeps the extremes of a waveform off the panel's edge
+_SUPERSAMPLE = 4  # waveforms are drawn this much larger, then reduced: antialiased lines
+
+_BAR_GAP = 16
+_BAR_WIDTH = 16
+_TICK_LENGTH = 5
+_TICK_TEXT_GAP = 4
+
+SEPARATOR = " · "
+
+# Characters the bundled font lacks, replaced by ones it has (a missing glyph draws as a box).
+_SUBSTITUTES = str.maketrans({"×": "x", "−": "-", "–": "-", "—": "-"})
+
+# --------------------------------------------------------------------------- colour map
+
+# matplotlib's magma sampled at 17 evenly spaced points (0 → black, 1 → pale yellow); linear
+# interpolation between them stays within 3 of the full 256-entry table in every channel.
+MAGMA_POINTS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 4), (10, 8, 34), (29, 17, 71), (54, 16, 107), (81, 18, 124), (106, 28, 129),
+    (131, 38, 129), (156, 46, 127), (183, 55, 121), (208, 65, 111), (231, 82, 99),
+    (245, 107, 92), (252, 137, 97), (254, 167, 114), (254, 196, 136), (253, 226, 163),
+    (252, 253, 191),
+)  # fmt: skip
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+def _lookup_table(points: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    anchors = np.asarray(points, dtype=np.float64)
+    at = np.linspace(0.0, 1.0, len(points))
+    x = np.linspace(0.0, 1.0, 256)
+    table = np.stack([np.interp(x, at, anchors[:, k]) for k in range(3)], axis=1)
+    return np.rint(table).astype(np.uint8)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """8-bit PNG bytes of ``image``: (H, W) grayscale or (H, W, 3) RGB, dtype uint8.
+MAGMA = _lookup_table(MAGMA_POINTS)  # (256, 3) uint8
 
-    Every scanline uses filter type 0 (none); the data stream is zlib level 6, so equal images
-    give equal bytes.
+
+def apply_colour_map(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Colours of ``values`` (any shape) through magma, ``lo`` → first entry, ``hi`` → last.
+
+    Returns uint8 of shape ``values.shape + (3,)``; values outside [lo, hi] are clipped, NaN
+    is shown as ``lo``.
     """
-    arr = np.ascontiguousarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"encode_png needs uint8 pixels, got {arr.dtype}")
-    if arr.ndim == 2:
-        colour_type, channels = 0, 1
-    elif arr.ndim == 3 and arr.shape[2] == 3:
-        colour_type, channels = 2, 3
-    else:
-        raise ValueError(f"encode_png needs (H, W) or (H, W, 3) pixels, got {arr.shape}")
-    height, width = arr.shape[:2]
-    if height < 1 or width < 1:
-        raise ValueError(f"encode_png needs a non-empty image, got {arr.shape}")
-    scanlines = np.zeros((height, 1 + width * channels), dtype=np.uint8)
-    scanlines[:, 1:] = arr.reshape(height, width * channels)
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return b"".join(
-        [
-            b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)),
-            _chunk(b"IEND", b""),
-        ]
-    )
+    return MAGMA[_to_uint8(values, lo, hi)]
 
 
-# --------------------------------------------------------------------------- font
-
-# 5×7 glyphs, rows top to bottom, '#' = ink. Letters are capitals, used for both cases.
-_GLYPH_ROWS = {
-    "a": ".###. #...# #...# ##### #...# #...# #...#",
-    "b": "####. #...# #...# ####. #...# #...# ####.",
-    "c": ".###. #...# #.... #.... #.... #...# .###.",
-    "d": "###.. #..#. #...# #...# #...# #..#. ###..",
-    "e": "##### #.... #.... ####. #.... #.... #####",
-    "f": "##### #.... #.... ####. #.... #.... #....",
-    "g": ".###. #...# #.... #.### #...# #...# .####",
-    "h": "#...# #...# #...# ##### #...# #...# #...#",
-    "i": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "j": "..### ...#. ...#. ...#. ...#. #..#. .##..",
-    "k": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
-    "l": "#.... #.... #.... #.... #.... #.... #####",
-    "m": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
-    "n": "#...# #...# ##..# #.#.# #..## #...# #...#",
-    "o": ".###. #...# #...# #...# #...# #...# .###.",
-    "p": "####. #...# #...# ####. #.... #.... #....",
-    "q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
-    "r": "####. #...# #...# ####. #.#.. #..#. #...#",
-    "s": ".#### #.... #.... .###. ....# ....# ####.",
-    "t": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "u": "#...# #...# #...# #...# #...# #...# .###.",
-    "v": "#...# #...# #...# #...# #...# .#.#. ..#..",
-    "w": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
-    "x": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-    "y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
-    "z": "##### ....# ...#. ..#.. .#... #.... #####",
-    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
-    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
-    "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
-    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
-    "5": "##### #.... ####. ....# ....# #...# .###.",
-    "6": "..##. .#... #.... ####. #...# #...# .###.",
-    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
-    "8": ".###. #...# #...# .###. #...# #...# .###.",
-    "9": ".###. #...# #...# .#### ....# ...#. .##..",
-    ".": "..... ..... ..... ..... ..... .##.. .##..",
-    ",": "..... ..... ..... ..... .##.. ..#.. .#...",
-    "_": "..... ..... ..... ..... ..... ..... #####",
-    "-": "..... ..... ..... ##### ..... ..... .....",
-    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-    "=": "..... ..... ##### ..... ##### ..... .....",
-    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
-    "/": "..... ....# ...#. ..#.. .#... #.... .....",
-    "|": "..#.. ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
-    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
-    "[": ".###. .#... .#... .#... .#... .#... .###.",
-    "]": ".###. ...#. ...#. ...#. ...#. ...#. .###.",
-    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
-    " ": "..... ..... ..... ..... ..... ..... .....",
-}
-GLYPH_WIDTH, GLYPH_HEIGHT = 5, 7
-FONT: dict[str, np.ndarray] = {
-    ch: np.array([[c == "#" for c in row] for row in rows.split()], dtype=bool)
-    for ch, rows in _GLYPH_ROWS.items()
-}
-_ALIASES = {"×": "x", "·": ".", "'": ",", '"': ",", "−": "-"}
+# --------------------------------------------------------------------------- text
 
 
-def _glyph(ch: str) -> np.ndarray:
-    ch = _ALIASES.get(ch, ch).lower()
-    return FONT.get(ch, FONT["?"])
+@functools.lru_cache(maxsize=8)
+def load_font(size: int) -> Font:
+    # Pillow >= 10.1 bundles a scalable font (Aileron): no system font is needed
+    return ImageFont.load_default(size=size)
 
 
-def text_size(text: str, scale: int = 1) -> tuple[int, int]:
-    """(height, width) in pixels of ``text`` drawn at ``scale`` (1 px spacing between glyphs)."""
-    if not text:
-        return GLYPH_HEIGHT * scale, 0
-    return GLYPH_HEIGHT * scale, (len(text) * (GLYPH_WIDTH + 1) - 1) * scale
+def _clean_text(text: str) -> str:
+    return text.translate(_SUBSTITUTES)
 
 
-def draw_text(
-    canvas: np.ndarray, top: int, left: int, text: str, scale: int = 1, value: int = 255
-) -> None:
-    """Draw ``text`` into ``canvas`` (H, W, 3) with its top-left corner at (top, left); clipped."""
-    x = left
-    for ch in text:
-        glyph = np.kron(_glyph(ch), np.ones((scale, scale), dtype=bool))
-        _paint(canvas, top, x, glyph, value)
-        x += (GLYPH_WIDTH + 1) * scale
+def _text_width(text: str, font: Font) -> int:
+    return math.ceil(font.getlength(text)) if text else 0
 
 
-def _paint(canvas: np.ndarray, top: int, left: int, mask: np.ndarray, value: int) -> None:
-    h, w = canvas.shape[:2]
-    t0, l0 = max(top, 0), max(left, 0)
-    t1, l1 = min(top + mask.shape[0], h), min(left + mask.shape[1], w)
-    if t1 <= t0 or l1 <= l0:
-        return
-    sub = mask[t0 - top : t1 - top, l0 - left : l1 - left]
-    canvas[t0:t1, l0:l1][sub] = value
+@functools.lru_cache(maxsize=8)
+def _line_height(font: Font) -> int:
+    """Height from the drawing origin of a line down to its lowest descender."""
+    return math.ceil(font.getbbox("Ag|_()")[3])
 
 
-# --------------------------------------------------------------------------- maps → pixels
+def _elide(text: str, font: Font, max_width: int) -> str:
+    """``text``, or its end after an ellipsis, no wider than ``max_width``.
 
-BACKGROUND = 40
-INK = 255
-_GAP = 2
-_PAD = 4
-_MAX_LABEL = 32
-_MIN_PANEL = 64
-_WAVE_HEIGHT = 48
+    The end is kept because it is the distinctive part of a dotted layer name.
+    """
+    if _text_width(text, font) <= max_width:
+        return text
+    for cut in range(1, len(text)):
+        shorter = "…" + text[cut:]
+        if _text_width(shorter, font) <= max_width:
+            return shorter
+    return "…"
+
+
+def wrap_label(text: str, font: Font, max_width: int) -> list[str]:
+    """Lines of ``text`` no wider than ``max_width``: broken at ``" · "``, then shortened."""
+    text = _clean_text(text)
+    if _text_width(text, font) <= max_width:
+        return [text]
+    lines: list[str] = []
+    for part in text.split(SEPARATOR):
+        joined = lines[-1] + SEPARATOR + part if lines else part
+        if lines and _text_width(joined, font) <= max_width:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return [_elide(line, font, max_width) for line in lines]
+
+
+# --------------------------------------------------------------------------- maps → panels
 
 
 def display_range(values: np.ndarray) -> tuple[float, float]:
@@ -221,113 +211,289 @@ def _colour_channels(maps: np.ndarray) -> np.ndarray:
 
 
 def _as_2d(maps: np.ndarray) -> np.ndarray:
-    """(K, C, D, H, W) → middle slice (K, C, H, W); 2-D maps unchanged."""
+    """(K, C, D, H, W) → middle slice (K, C, H, W); other maps unchanged."""
     if maps.ndim == 5:
         return maps[:, :, maps.shape[2] // 2]
     return maps
 
 
-def _image_panels(maps: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
-    """(K, C', H, W) with C' ∈ {1, 3} → K panels (h, w, 3) uint8, enlarged when small."""
-    h, w = maps.shape[2:]
-    zoom = max(1, min(8, _MIN_PANEL // max(h, w)))
-    pix = _to_uint8(maps, lo, hi)
+def _zoom(height: int, width: int) -> int:
+    return max(1, min(_MAX_ZOOM, _MIN_PANEL // max(height, width)))
+
+
+def _enlarge(pixels: np.ndarray) -> Image.Image:
+    """(h, w, 3) uint8 → an RGB image enlarged by the integer zoom, nearest neighbour."""
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    zoom = _zoom(*pixels.shape[:2])
+    if zoom == 1:
+        return image
+    return image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
+
+
+def _image_panels(maps: np.ndarray, lo: float, hi: float) -> list[Image.Image]:
+    """(K, C', H, W) with C' ∈ {1, 3} → K RGB panels (gray maps have equal channels)."""
     panels = []
-    for sample in pix:
+    for sample in _to_uint8(maps, lo, hi):
         rgb = np.repeat(sample, 3, axis=0) if sample.shape[0] == 1 else sample
-        img = np.transpose(rgb, (1, 2, 0))
-        if zoom > 1:
-            img = np.repeat(np.repeat(img, zoom, axis=0), zoom, axis=1)
-        panels.append(np.ascontiguousarray(img))
+        panels.append(_enlarge(np.transpose(rgb, (1, 2, 0))))
     return panels
 
 
-def _draw_line(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, value: int) -> None:
-    """Bresenham's line from (x0, y0) to (x1, y1) into canvas (H, W, 3), clipped."""
-    h, w = canvas.shape[:2]
-    dx, dy = abs(x1 - x0), -abs(y1 - y0)
-    sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-    err = dx + dy
-    while True:
-        if 0 <= y0 < h and 0 <= x0 < w:
-            canvas[y0, x0] = value
-        if x0 == x1 and y0 == y1:
-            return
-        e2 = 2 * err
-        if e2 >= dy:
-            err += dy
-            x0 += sx
-        if e2 <= dx:
-            err += dx
-            y0 += sy
+def _wave_width(length: int) -> int:
+    return int(min(max(length, _WAVE_WIDTH[0]), _WAVE_WIDTH[1]))
 
 
-def _waveform_panels(waves: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
-    """(K, L) → K line plots (h, w, 3) uint8: time left to right, ``hi`` at the top."""
+def _waveform_panels(waves: np.ndarray, lo: float, hi: float) -> list[Image.Image]:
+    """(K, L) → K line plots: time left to right, ``hi`` at the top, 0 marked when in range."""
     length = waves.shape[1]
-    width = int(min(max(length, _MIN_PANEL * 2), 256))
-    height = _WAVE_HEIGHT
-    xs = (
-        np.rint(np.arange(length) * (width - 1) / (length - 1)).astype(int)
-        if length > 1
-        else np.array([width // 2])
-    )
+    width, height = _wave_width(length), _WAVE_HEIGHT
+    s = _SUPERSAMPLE
+    inner = height - 1 - 2 * _WAVE_MARGIN
+    xs = np.linspace(0.0, width - 1, length) if length > 1 else np.array([0.0, width - 1.0])
     panels = []
     for wave in waves:
-        canvas = np.zeros((height, width, 3), dtype=np.uint8)
-        if lo < 0.0 < hi:  # a dim zero line
-            y_zero = round(hi / (hi - lo) * (height - 1))
-            canvas[y_zero, :] = 70
+        panel = Image.new("RGB", (width, height), BACKGROUND)
+        draw = ImageDraw.Draw(panel)
+        if lo < 0.0 < hi:
+            y_zero = round(_WAVE_MARGIN + hi / (hi - lo) * inner)
+            draw.line([(0, y_zero), (width - 1, y_zero)], fill=ZERO_LINE, width=1)
         frac = (np.nan_to_num(wave, nan=lo, posinf=hi, neginf=lo) - lo) / (hi - lo)
-        ys = np.rint((1.0 - np.clip(frac, 0.0, 1.0)) * (height - 1)).astype(int)
+        ys = _WAVE_MARGIN + (1.0 - np.clip(frac, 0.0, 1.0)) * inner
         if length == 1:
-            _draw_line(canvas, 0, int(ys[0]), width - 1, int(ys[0]), INK)
-        for i in range(length - 1):
-            _draw_line(canvas, int(xs[i]), int(ys[i]), int(xs[i + 1]), int(ys[i + 1]), INK)
-        panels.append(canvas)
+            ys = np.repeat(ys, 2)
+        # draw the line large on a mask and reduce it: Pillow's lines are not antialiased
+        mask = Image.new("L", (width * s, height * s), 0)
+        points = [(float(x) * s + s / 2, float(y) * s + s / 2) for x, y in zip(xs, ys, strict=True)]
+        ImageDraw.Draw(mask).line(points, fill=255, width=round(1.5 * s), joint="curve")
+        panel.paste(INK, (0, 0, width, height), mask.resize((width, height), Image.Resampling.BOX))
+        panels.append(panel)
     return panels
 
 
-def _panels(maps: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
-    """(K, C, *grid) maps → K panels, by dimensionality."""
+def _band_panels(values: np.ndarray, lo: float, hi: float) -> list[Image.Image]:
+    """(K, L) → K colour-mapped bands as large as the waveform panels; each pixel column shows
+    the largest value of the samples it covers, so a short spike is not lost."""
+    length = values.shape[1]
+    width = _wave_width(length)
+    starts = np.floor(np.arange(width) * length / width).astype(np.intp)
+    finite = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    columns = np.maximum.reduceat(finite, starts, axis=1)  # (K, width)
+    colours = apply_colour_map(columns, lo, hi)  # (K, width, 3)
+    band = np.repeat(colours[:, None], _WAVE_HEIGHT, axis=1)  # (K, height, width, 3)
+    return [Image.fromarray(np.ascontiguousarray(b)) for b in band]
+
+
+def _panels(maps: np.ndarray, lo: float, hi: float) -> list[Image.Image]:
+    """(K, C, *grid) outputs → K panels, by dimensionality."""
     if maps.ndim == 3:
         return _waveform_panels(maps[:, 0], lo, hi)
     return _image_panels(_colour_channels(_as_2d(maps)), lo, hi)
 
 
-def _fit_label(label: str) -> str:
-    return label if len(label) <= _MAX_LABEL else ".." + label[-(_MAX_LABEL - 2) :]
+def _difference_panels(diffs: np.ndarray, hi: float) -> list[Image.Image]:
+    """(K, 1, *grid) absolute differences → K colour-mapped panels on the scale 0 … hi."""
+    if diffs.ndim == 3:
+        return _band_panels(diffs[:, 0], 0.0, hi)
+    return [_enlarge(apply_colour_map(d[0], 0.0, hi)) for d in _as_2d(diffs)]
 
 
-def compose_grid(rows: list[tuple[str, list[np.ndarray]]], title: str = "") -> np.ndarray:
-    """Lay out labelled rows of equally sized panels (h, w, 3) into one RGB canvas.
+# --------------------------------------------------------------------------- colour bar ticks
 
-    A label column on the left holds each row's label; ``title`` (optional) runs along the top.
+
+def nice_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
+    """Round values in [lo, hi], evenly spaced by 1, 2, 2.5 or 5 × 10^k, at most ``max_ticks``.
+
+    The step is the smallest of those for which the ticks fit; ``lo`` is a tick when it is a
+    multiple of the step (0 always is).
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    max_ticks = max(max_ticks, 2)
+    magnitude = 10.0 ** math.floor(math.log10((hi - lo) / (max_ticks - 1)))
+
+    def multiples(step: float) -> range:
+        # the 1e-9 keeps a tick that lands on lo or hi up to float noise
+        return range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)
+
+    step = 10.0 * magnitude
+    for multiple in (1.0, 2.0, 2.5, 5.0):
+        if len(multiples(multiple * magnitude)) <= max_ticks:
+            step = multiple * magnitude
+            break
+    # 12 significant digits: drop the float noise of k * step (0.30000000000000004)
+    return [float(f"{k * step:.12g}") for k in multiples(step)]
+
+
+def format_ticks(ticks: Sequence[float]) -> list[str]:
+    """Tick labels with as many decimals as the spacing needs (scientific when tiny or huge)."""
+    if len(ticks) < 2:
+        return [f"{t:.3g}" for t in ticks]
+    step = min(abs(b - a) for a, b in itertools.pairwise(ticks))
+    top = max(abs(t) for t in ticks)
+    if step < 1e-3 or top >= 1e5:
+        return ["0" if t == 0 else f"{t:.2g}" for t in ticks]
+    decimals = 0
+    while decimals < 6 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-6:
+        decimals += 1
+    return [f"{t:.{decimals}f}" for t in ticks]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class RenderedGrid:
+    """A drawn grid and where its parts are (boxes as Pillow's ``crop`` takes them).
+
+    ``panels[r][c]`` is the panel of row ``r``, column ``c``; ``labels[r]`` the area of row
+    ``r``'s label; ``colour_bar`` the bar itself (without its ticks) and ``ticks`` the value and
+    pixel row of each tick, when the grid has a colour scale.
+    """
+
+    image: Image.Image
+    panels: tuple[tuple[Box, ...], ...]
+    labels: tuple[Box, ...]
+    title: Box | None = None
+    colour_bar: Box | None = None
+    ticks: tuple[tuple[float, int], ...] = ()
+
+
+def _tick_texts(lo: float, hi: float, bar_height: int) -> list[tuple[float, str]]:
+    """Ticks of a bar ``bar_height`` pixels tall (about three text lines apart) and labels."""
+    spacing = 3 * _line_height(load_font(TICK_SIZE))
+    ticks = nice_ticks(lo, hi, max(2, min(7, bar_height // spacing + 1)))
+    return list(zip(ticks, format_ticks(ticks), strict=True))
+
+
+def _draw_colour_bar(
+    image: Image.Image,
+    box: Box,
+    scale: tuple[float, float],
+    tick_texts: Sequence[tuple[float, str]],
+) -> tuple[tuple[float, int], ...]:
+    """Draw the bar into ``box`` (``hi`` at the top), its outline, ticks and tick labels.
+
+    Returns each tick's value and pixel row.
+    """
+    lo, hi = scale
+    left, top, right, bottom = box
+    height = bottom - top
+    # every pixel row shows the value at its centre
+    values = hi - (np.arange(height) + 0.5) / height * (hi - lo)
+    strip = np.repeat(apply_colour_map(values, lo, hi)[:, None], right - left, axis=1)
+    image.paste(Image.fromarray(np.ascontiguousarray(strip)), box)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((left - 1, top - 1, right, bottom), outline=INK)
+    font = load_font(TICK_SIZE)
+    text_h = _line_height(font)
+    rows = []
+    for value, text in tick_texts:
+        # the row whose centre value is nearest ``value`` (the inverse of ``values`` above)
+        row = top + min(height - 1, int((hi - value) / (hi - lo) * height))
+        rows.append((value, row))
+        draw.line([(right, row), (right + _TICK_LENGTH, row)], fill=INK)
+        text_y = min(max(row - text_h // 2, 0), image.height - text_h)
+        draw.text((right + _TICK_LENGTH + _TICK_TEXT_GAP, text_y), text, font=font, fill=INK)
+    return tuple(rows)
+
+
+def compose_grid(
+    rows: Sequence[tuple[str, Sequence[Image.Image]]],
+    title: str = "",
+    *,
+    separate_after: int = 0,
+    colour_scale: tuple[float, float] | None = None,
+) -> RenderedGrid:
+    """Lay out labelled rows of equally sized RGB panels on a white page.
+
+    Parameters
+    ----------
+    rows
+        ``(label, panels)`` per row; the label sits left of the row, vertically centred, and is
+        wrapped or shortened when it is wider than the label column allows.
+    title
+        One line along the top (optional).
+    separate_after
+        Leave extra space after this many rows (the reference rows), 0 for none.
+    colour_scale
+        ``(lo, hi)`` of a colour bar drawn right of the panels, spanning every row, with
+        ticks at round values.
     """
     if not rows or not rows[0][1]:
         raise ValueError("compose_grid needs at least one row with one panel")
-    ph, pw = rows[0][1][0].shape[:2]
+    pw, ph = rows[0][1][0].size
+    if any(p.size != (pw, ph) for _, panels in rows for p in panels):
+        raise ValueError("compose_grid needs panels of one size")
+    label_font, title_font = load_font(LABEL_SIZE), load_font(TITLE_SIZE)
     columns = max(len(panels) for _, panels in rows)
-    font = 2 if ph >= 32 else 1
-    labels = [_fit_label(label) for label, _ in rows]
-    text_h = GLYPH_HEIGHT * font
-    label_w = max(text_size(label, font)[1] for label in labels) + 2 * _PAD
-    row_h = max(ph, text_h)
-    title_h = text_h + 2 * _PAD if title else _PAD
-    title_w = text_size(title, font)[1] + 2 * _PAD if title else 0
-    width = max(label_w + columns * (pw + _GAP) + _PAD - _GAP, title_w)
-    height = title_h + len(rows) * (row_h + _GAP) - _GAP + _PAD
-    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+
+    wrapped = [
+        wrap_label(label, label_font, _LABEL_MAX_WIDTH) if label else [] for label, _ in rows
+    ]
+    line_h = _line_height(label_font)
+    label_w = max((_text_width(line, label_font) for lines in wrapped for line in lines), default=0)
+    blocks = [len(lines) * line_h + max(len(lines) - 1, 0) * _LINE_SPACING for lines in wrapped]
+    row_h = max(ph, *blocks)
+
+    title = _clean_text(title)
+    title_h = _line_height(title_font) + _TITLE_GAP if title else 0
+    x0 = _PAD + label_w + (_LABEL_GAP if label_w else 0)
+    y0 = _PAD + title_h
+    tops = []
+    y = y0
+    for r in range(len(rows)):
+        tops.append(y)
+        y += row_h + _GAP + (_GROUP_GAP if r + 1 == separate_after else 0)
+    panels_right = x0 + columns * pw + (columns - 1) * _GAP
+    panels_bottom = tops[-1] + row_h
+
+    bar_box = None
+    tick_texts: list[tuple[float, str]] = []
+    width = panels_right + _PAD
+    if colour_scale is not None:
+        bar_box = (panels_right + _BAR_GAP, y0, panels_right + _BAR_GAP + _BAR_WIDTH, panels_bottom)
+        tick_texts = _tick_texts(*colour_scale, panels_bottom - y0)
+        tick_w = max(_text_width(text, load_font(TICK_SIZE)) for _, text in tick_texts)
+        width = bar_box[2] + _TICK_LENGTH + _TICK_TEXT_GAP + tick_w + _PAD
+    width = max(width, _PAD + _text_width(title, title_font) + _PAD)
+    height = panels_bottom + _PAD
+
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    title_box = None
     if title:
-        draw_text(canvas, _PAD, _PAD, title, font, INK)
-    for r, (label, (_, panels)) in enumerate(zip(labels, rows, strict=True)):
-        top = title_h + r * (row_h + _GAP)
-        draw_text(canvas, top + (row_h - text_h) // 2, _PAD, label, font, INK)
+        draw.text((_PAD, _PAD), title, font=title_font, fill=INK)
+        title_box = (_PAD, _PAD, _PAD + _text_width(title, title_font), _PAD + title_h)
+
+    panel_boxes: list[tuple[Box, ...]] = []
+    label_boxes: list[Box] = []
+    for (_, panels), lines, block, top in zip(rows, wrapped, blocks, tops, strict=True):
+        text_y = top + (row_h - block) // 2
+        for line in lines:
+            draw.text((_PAD, text_y), line, font=label_font, fill=INK)
+            text_y += line_h + _LINE_SPACING
+        label_boxes.append((_PAD, top, _PAD + label_w, top + row_h))
+        boxes = []
         for c, panel in enumerate(panels):
-            left = label_w + c * (pw + _GAP)
-            y = top + (row_h - ph) // 2
-            canvas[y : y + ph, left : left + pw] = panel
-    return canvas
+            left, upper = x0 + c * (pw + _GAP), top + (row_h - ph) // 2
+            box = (left, upper, left + pw, upper + ph)
+            draw.rectangle((left - 1, upper - 1, left + pw, upper + ph), outline=FRAME)
+            image.paste(panel, box)
+            boxes.append(box)
+        panel_boxes.append(tuple(boxes))
+
+    ticks: tuple[tuple[float, int], ...] = ()
+    if colour_scale is not None and bar_box is not None:
+        ticks = _draw_colour_bar(image, bar_box, colour_scale, tick_texts)
+
+    return RenderedGrid(
+        image=image,
+        panels=tuple(panel_boxes),
+        labels=tuple(label_boxes),
+        title=title_box,
+        colour_bar=bar_box,
+        ticks=ticks,
+    )
 
 
 # --------------------------------------------------------------------------- stretch grids
@@ -337,15 +503,32 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
-def _layer_labels(result: StretchResult) -> list[str]:
-    return [f"{layer.level} {layer.name or '(model)'}" for layer in result.layers]
+def _format_rel(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if value == 0 or abs(value) >= 1e-3:
+        return f"{value:.3f}"
+    return f"{value:.1e}"  # 0.000 would hide how small it is
+
+
+def layer_label(layer: StretchLayerResult) -> str:
+    """``features.5 · fine · rel_mse 0.018``: dotted name, level, rel_mse."""
+    name = layer.name or "(model)"
+    return SEPARATOR.join([name, layer.level, f"rel_mse {_format_rel(layer.rel_mse)}"])
+
+
+def _transformed_label(result: StretchResult) -> str:
+    name = str(result.transform.get("name", "transform"))
+    known = {"stretch": "Stretched output", "shift": "Shifted output"}
+    return known.get(name, f"Output after {name}")
 
 
 def _transform_text(result: StretchResult) -> str:
     t = result.transform
     param = t.get("param")
     param_text = f"{param:g}" if isinstance(param, int | float) else str(param)
-    return f"{t.get('name', 'transform')} {param_text} {t.get('axis', '')}".strip()
+    words = [str(t.get("name", "transform")).capitalize(), param_text, str(t.get("axis", ""))]
+    return " ".join(w for w in words if w)
 
 
 def _samples_or_fail(result: StretchResult) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -363,55 +546,122 @@ def _is_colour(maps: np.ndarray) -> bool:
     return maps.ndim in (4, 5) and maps.shape[1] in (3, 4)
 
 
-def render_stretch_grid(result: StretchResult) -> np.ndarray:
-    """The sample grid as pixels: (H, W) grayscale or (H, W, 3) RGB uint8."""
+def render_stretch_grid(result: StretchResult) -> RenderedGrid:
+    """The sample grid: an RGB image for colour outputs, grayscale ("L") otherwise."""
     original, stretched, intervened = _samples_or_fail(result)
     everything = np.concatenate([original, stretched, *intervened])
     lo, hi = display_range(
         _colour_channels(_as_2d(everything)) if everything.ndim > 3 else everything[:, :1]
     )
-    rows = [("original", _panels(original, lo, hi)), ("stretched", _panels(stretched, lo, hi))]
-    rows += [
-        (label, _panels(maps, lo, hi))
-        for label, maps in zip(_layer_labels(result), intervened, strict=True)
+    rows = [
+        ("Original output", _panels(original, lo, hi)),
+        (_transformed_label(result), _panels(stretched, lo, hi)),
     ]
-    canvas = compose_grid(rows, _transform_text(result))
-    return canvas if _is_colour(original) else np.ascontiguousarray(canvas[:, :, 0])
+    rows += [
+        (layer_label(layer), _panels(maps, lo, hi))
+        for layer, maps in zip(result.layers, intervened, strict=True)
+    ]
+    title = f"{_transform_text(result)}{SEPARATOR}{original.shape[0]} samples"
+    grid = compose_grid(rows, title, separate_after=2)
+    if _is_colour(original):
+        return grid
+    # every pixel is gray (equal channels), so this conversion loses nothing
+    return RenderedGrid(
+        grid.image.convert("L"), grid.panels, grid.labels, grid.title, grid.colour_bar, grid.ticks
+    )
 
 
-def render_difference_grid(result: StretchResult) -> np.ndarray:
-    """The difference grid as grayscale pixels (H, W) uint8.
+def difference_scale(result: StretchResult) -> tuple[np.ndarray, list[np.ndarray], float]:
+    r"""Absolute differences to the transformed output and the largest of them.
 
-    Row ``original``: ``|G(z) − T G(z)|``; row per layer: ``|G_ℓ^T(z) − T G(z)|``; each averaged
-    over channels and shown on the scale 0 … (largest value in the grid).
+    Returns the directly transformed output :math:`T G(z)` and, for the original output and
+    each intervened one :math:`y`, the map
+
+    .. math:: d(y) = \frac{1}{C} \sum_c \lvert y_c - (T G(z))_c \rvert
+
+    of shape (K, 1, *grid), then the largest finite value over all of them (0 when none).
     """
     original, stretched, intervened = _samples_or_fail(result)
     diffs = [np.abs(m - stretched).mean(axis=1, keepdims=True) for m in (original, *intervened)]
-    diffs = [_as_2d(d) for d in diffs]
     finite = np.concatenate([d.ravel() for d in diffs])
     finite = finite[np.isfinite(finite)]
     top = float(finite.max()) if finite.size else 0.0
-    hi = top if top > 0 else 1.0
-    labels = ["original", *_layer_labels(result)]
-    rows = [(label, _panels(d, 0.0, hi)) for label, d in zip(labels, diffs, strict=True)]
-    title = f"abs difference to stretched, scale 0 to {top:.3g}"
-    canvas = compose_grid(rows, title)
-    return np.ascontiguousarray(canvas[:, :, 0])
+    return stretched, diffs, top
+
+
+def render_difference_grid(result: StretchResult) -> RenderedGrid:
+    """The difference grid (RGB): magma on 0 … largest difference, with a colour bar.
+
+    Row ``Original output``: ``|G(z) − T G(z)|``; one row per layer: ``|G_ℓ^T(z) − T G(z)|``;
+    each averaged over channels (see :func:`difference_scale`).
+    """
+    _, diffs, top = difference_scale(result)
+    hi = top if top > 0 else 1.0  # all equal: show 0 on a unit scale rather than divide by 0
+    labels = ["Original output", *(layer_label(layer) for layer in result.layers)]
+    rows = [(label, _difference_panels(d, hi)) for label, d in zip(labels, diffs, strict=True)]
+    reference = _transformed_label(result).lower()
+    title = f"Absolute difference to the {reference}, mean over channels (largest {top:.3g})"
+    return compose_grid(rows, title, separate_after=1, colour_scale=(0.0, hi))
+
+
+# --------------------------------------------------------------------------- files
+
+# Pillow format and save options per suffix; every suffix of GRID_SUFFIXES has an entry.
+_FORMATS: dict[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+
+def _save_options(fmt: str) -> dict[str, Any]:
+    if fmt == "JPEG":
+        # no chroma subsampling: it smears the thin coloured lines of text and panel edges
+        return {"quality": 95, "subsampling": 0}
+    if fmt == "WEBP":
+        return {"lossless": True}  # labels and pixel-sized detail stay exact
+    if fmt == "TIFF" and features.check("libtiff"):
+        return {"compression": "tiff_lzw"}
+    return {}
+
+
+def image_format(path: str | Path) -> str:
+    """Pillow's name of the format written for ``path``'s suffix (``.jpg`` → ``JPEG``)."""
+    check_suffix(str(path), "picture", GRID_SUFFIXES)
+    suffix = Path(path).suffix.lower()
+    if suffix not in _FORMATS:  # GRID_SUFFIXES lists a suffix this module cannot write
+        raise UsageError(f"picture {path}: no writer for {suffix}")
+    return _FORMATS[suffix]
+
+
+def encode_image(image: Image.Image, fmt: str) -> bytes:
+    """``image`` as the bytes of a ``fmt`` file (a name from :func:`image_format`)."""
+    if fmt == "WEBP" and image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGB")  # WebP has no grayscale mode
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **_save_options(fmt))
+    return buf.getvalue()
 
 
 def difference_path(path: str | Path) -> Path:
-    """Where the difference grid goes: ``foo.png`` → ``foo_diff.png`` (same folder)."""
+    """Where the difference grid goes: ``foo.png`` → ``foo_diff.png`` (same folder and suffix)."""
     p = Path(path)
-    return p.with_name(f"{p.stem}_diff{p.suffix or '.png'}")
+    return p.with_name(f"{p.stem}_diff{p.suffix}")
 
 
 def write_stretch_grids(result: StretchResult, path: str | Path) -> tuple[Path, Path]:
     """Write the sample grid to ``path`` and the difference grid beside it; return both paths.
 
-    Both files are rendered before either is written, and each is written atomically.
+    The format follows the suffix (one of ``export.GRID_SUFFIXES``; anything else is a
+    :class:`UsageError` before any drawing). Both files are rendered before either is written,
+    and each is written atomically.
     """
-    grid = encode_png(render_stretch_grid(result))
-    diff = encode_png(render_difference_grid(result))
+    fmt = image_format(path)
+    grid = encode_image(render_stretch_grid(result).image, fmt)
+    diff = encode_image(render_difference_grid(result).image, fmt)
     target, target_diff = Path(path), difference_path(path)
     write_atomic(target, grid)
     write_atomic(target_diff, diff)

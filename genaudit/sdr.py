@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import DEFAULT_TOLERANCE
 from .distributed import DistributedRun, all_reduce_accumulators, shard_ranges
 from .errors import ModelInputError, NothingToAnalyseError
 from .hooks import eval_mode, forward_hooks
@@ -32,7 +33,6 @@ from .spectral import (
     trace_ratio,
 )
 
-DEFAULT_TOLERANCE = 0.1
 # Fixed log10-SDR histogram bins: 20 bins of width 0.1 on [-1, 1] plus one open bin each side.
 HIST_EDGES: tuple[float, ...] = tuple(round(-1.0 + 0.1 * k, 10) for k in range(21))
 PERCENTILES = (5, 25, 75, 95)

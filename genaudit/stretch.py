@@ -236,6 +236,7 @@ def run_stretch(
     batch_size: int,
     device: torch.device | str = "cpu",
     keep_samples: int = 8,
+    progress: Callable[[int], None] | None = None,
 ) -> StretchResult:
     r"""Stretch error of intervening at each selected layer (DESIGN §5).
 
@@ -269,6 +270,8 @@ def run_stretch(
         Where the inputs are sent.
     keep_samples : int
         How many of the first samples to keep (CPU float32) for pictures; 0 keeps none.
+    progress : callable, optional
+        Called with the number of samples of each batch once it is done.
 
     Returns
     -------
@@ -329,6 +332,8 @@ def run_stretch(
                 if take > 0:
                     kept_layers[k].append(_keep(y, take))
             n_kept += max(take, 0)
+            if progress is not None:
+                progress(out.shape[0])
 
     baseline = float(sq_base.item()) / count
     notes: list[str] = []

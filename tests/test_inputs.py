@@ -16,10 +16,10 @@ from genaudit.model import (
     infer_latent_shape,
     latent_source,
     make_input_source,
-    parse_shape,
     read_tensor_file,
     trial_forward,
 )
+from genaudit.values import parse_shape
 
 CPU = torch.device("cpu")
 

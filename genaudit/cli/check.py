@@ -1,7 +1,8 @@
 """``genaudit check``: the CI gate on a checkpoint (rules, baselines, JUnit, annotations).
 
-Parse → configuration → one SDR pass and at most one stretch run → :mod:`genaudit.gate` →
-verdict table / JSON / JUnit / GitHub annotations and step summary → exit code 0 or 1.
+Options → configuration and rules (checked before anything is loaded) → one SDR pass and at
+most one stretch run → :mod:`genaudit.gate` → verdict table / JSON / CSV / JUnit / GitHub
+annotations and step summary → exit code.
 """
 
 from __future__ import annotations
@@ -10,51 +11,29 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from . import gate
-from .cli import (
-    AllowGlobalOpt,
-    ArchKwargsOpt,
-    ArchOpt,
-    BatchOpt,
-    ConfigOpt,
-    DeviceOpt,
-    GeneratorOpt,
-    InputsOpt,
+from .. import gate
+from ..config import load_settings
+from ..errors import GenauditError, NothingToAnalyseError, UsageError
+from ..export import check_destination
+from .options import (
+    INPUTS,
+    MODEL,
+    RUN,
+    CsvOpt,
+    InputFlags,
     JsonOpt,
-    LabelFormatOpt,
-    LatentsOpt,
-    ModuleOpt,
-    NumClassesOpt,
-    NumSamplesOpt,
-    SamplerOpt,
-    SeedOpt,
-    StateKeyOpt,
-    StripPrefixOpt,
-    TrustOpt,
-    ZDistOpt,
-    ZShapeOpt,
-    _common,
-    _debug,
-    _progress,
-    _sample_count,
-    app,
-    handle_errors,
-    prepare,
-    sdr_tolerance,
-    stderr_console,
-    stdout_console,
+    LoadFlags,
+    RunFlags,
+    with_options,
 )
-from .errors import GenauditError, NothingToAnalyseError, UsageError
-from .export import check_destination, emit, envelope, to_json, write_atomic
-from .layers import walk_layers
-from .report import drift_table, verdict_table
-from .sdr import SDRResult, run_sdr
-from .stretch import StretchResult, run_stretch
-from .transforms import make_transform
+from .root import STATE, command, note, print_error, stdout_console
+
+if TYPE_CHECKING:
+    from .common import Prepared
 
 CHECK_HELP = f"""Gate a checkpoint in CI: check rules on genaudit's metrics, and drift against a
 baseline. Exit 0: passed (warnings allowed); 1: a fail rule was violated, a value drifted
@@ -86,128 +65,146 @@ See docs/ci.md for the reasons behind the defaults and for CI recipes."""
 RuleOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--rule",
+        "--rule", metavar="RULE", rich_help_panel="Analysis",
         help="Add a rule METRIC:SELECT:MIN:MAX:SEVERITY (empty fields: all, no bound, fail), "
         "e.g. stretch.rel_mse:fine::0.3 or sdr.sd_log10:hidden::0.2:warn. Repeatable.",
     ),
-]
-
-
+]  # fmt: skip
 ModelsArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="MODEL...",
-        help="Checkpoint(s): .safetensors (or sharded index), torch state dict, Lightning .ckpt …; "
-        "several are checked one after the other with the same rules (the exit code is the "
+        metavar="MODEL...", show_default=False,
+        help="Checkpoint(s): .safetensors (or a sharded index), torch state dict, Lightning .ckpt "
+        "…; several are checked one after the other with the same rules (the exit code is the "
         "highest of theirs).",
-        show_default=False,
     ),
-]
+]  # fmt: skip
+CHECK_CSV_HEADER = (
+    "model", "rule", "metric", "min", "max", "severity", "kind", "name", "layer", "value",
+    "status",
+)  # fmt: skip
 
 
-@app.command("check", help=CHECK_HELP)
-@handle_errors
+@command("check", help=CHECK_HELP)
+@with_options(MODEL, INPUTS, RUN)
 def check_cmd(
     models: ModelsArg,
+    load: LoadFlags,
+    inputs: InputFlags,
+    run: RunFlags,
     rule: RuleOpt = None,
     default_rules: Annotated[
         bool | None,
         typer.Option(
             "--default-rules/--no-default-rules",
-            help="Keep or drop the built-in rules [default: on unless the file has rules].",
+            rich_help_panel="Analysis",
+            help="Keep or drop the built-in rules (default: on unless the file has rules).",
         ),
     ] = None,
     fail_on_warn: Annotated[
         bool | None,
-        typer.Option("--fail-on-warn/--no-fail-on-warn", help="Warnings fail the gate too."),
+        typer.Option(
+            "--fail-on-warn/--no-fail-on-warn",
+            rich_help_panel="Analysis",
+            help="Warnings fail the gate too.",
+        ),
     ] = None,
     baseline: Annotated[
         str | None,
-        typer.Option("--baseline", help="Compare with this baseline; fail on drift."),
+        typer.Option(
+            "--baseline",
+            metavar="FILE",
+            rich_help_panel="Analysis",
+            help="Compare with this baseline; fail on drift.",
+        ),
     ] = None,
     write_baseline: Annotated[
         str | None,
         typer.Option(
             "--write-baseline",
+            metavar="FILE",
+            rich_help_panel="Output",
             help="Store this run's metrics and architecture fingerprint as a baseline (written "
             "only when the gate passes).",
         ),
     ] = None,
     json_out: JsonOpt = None,
+    csv_out: CsvOpt = None,
     junit: Annotated[
         str | None,
         typer.Option(
             "--junit",
+            metavar="FILE|-",
+            rich_help_panel="Output",
             help="Write a JUnit XML report to FILE (- for stdout): one testsuite per checkpoint.",
         ),
     ] = None,
-    arch: ArchOpt = None,
-    arch_kwargs: ArchKwargsOpt = None,
-    state_key: StateKeyOpt = None,
-    strip_prefix: StripPrefixOpt = None,
-    module: ModuleOpt = None,
-    allow_global: AllowGlobalOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    latents: LatentsOpt = None,
-    sampler: SamplerOpt = None,
-    z_shape: ZShapeOpt = None,
-    z_dist: ZDistOpt = "normal",
-    num_classes: NumClassesOpt = None,
-    label_format: LabelFormatOpt = "int",
-    inputs: InputsOpt = None,
-    generator: GeneratorOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    batch_size: BatchOpt = None,
-    num_samples: NumSamplesOpt = None,
-    config: ConfigOpt = None,
 ) -> None:
-    if json_out == "-" and junit == "-":
-        raise UsageError("only one of --json and --junit can write to stdout (-)")
+    from .common import one_stdout
+
+    one_stdout(json=json_out, csv=csv_out, junit=junit)
     if write_baseline == "-":
         raise UsageError("--write-baseline needs a file name, not -")
     if len(models) > 1 and (json_out or write_baseline):
         raise UsageError(
             f"--json and --write-baseline take one checkpoint; {len(models)} were given",
-            "run genaudit check once per checkpoint for these (--junit handles several)",
+            "run genaudit check once per checkpoint for these (--junit and --csv handle several)",
         )
-    check_destination(json_out, "--json")
-    check_destination(junit, "--junit")
-    check_destination(write_baseline, "--write-baseline")
+    for target, flag in ((json_out, "--json"), (csv_out, "--csv"), (junit, "--junit"),
+                         (write_baseline, "--write-baseline")):  # fmt: skip
+        check_destination(target, flag)
+    # the configuration and the rules are checked before any checkpoint is read
+    settings, table = load_settings(run.config)
+    settings = settings.with_flags(
+        seed=run.seed, device=run.device, batch_size=run.batch_size, num_samples=run.num_samples
+    )
+    cfg = gate.parse_check_config(
+        table, config_file=settings.config_file, rule_flags=tuple(rule or ()),
+        default_rules=default_rules, fail_on_warn=fail_on_warn, baseline=baseline,
+    )  # fmt: skip
     options = _Options(
-        shared=_common(locals()), rule_flags=tuple(rule or ()), default_rules=default_rules,
-        fail_on_warn=fail_on_warn, baseline=baseline, write_baseline=write_baseline,
-        json_out=json_out, quiet=json_out == "-" or junit == "-",
+        load=load, inputs=inputs, run=run, cfg=cfg, write_baseline=write_baseline,
+        json_out=json_out, quiet=any(t == "-" for t in (json_out, csv_out, junit)),
     )  # fmt: skip
     suites: list[tuple[str, gate.GateResult | str]] = []
     codes: list[int] = []
+    csv_rows: list[tuple[Any, ...]] = []
     for model in models:
         try:
             result = _check_one(model, options)
         except GenauditError as exc:
-            if (len(models) == 1 and not junit) or _debug():
-                raise  # handle_errors prints it
+            if (len(models) == 1 and not junit and not csv_out) or STATE.debug:
+                raise  # mapped to its message and exit code like any other command's error
             _report_error(model, exc, prefix=len(models) > 1)
             suites.append((f"genaudit check {Path(model).name}", " ".join(exc.lines())))
             codes.append(int(exc.exit_code))
+            csv_rows.append((model, "", "", "", "", "", "error", "", "", "", " ".join(exc.lines())))
             continue
         suites.append((f"genaudit check {Path(model).name}", result))
         codes.append(result.exit_code)
+        csv_rows += [_csv_row(model, e) for e in result.evaluations]
+    from ..export import emit, to_csv
+
     if junit:
         emit(junit, gate.junit_xml(suites))
+    if csv_out:
+        emit(csv_out, to_csv(CHECK_CSV_HEADER, csv_rows))
     if max(codes):
         raise typer.Exit(max(codes))
+
+
+def _csv_row(model: str, e: gate.Evaluation) -> tuple[Any, ...]:
+    r = e.rule
+    return (model, r.index, r.metric, "" if r.min is None else r.min,
+            "" if r.max is None else r.max, r.severity, e.kind, e.name, e.layer or "", e.value,
+            e.status)  # fmt: skip
 
 
 def _report_error(model: str, exc: GenauditError, *, prefix: bool) -> None:
     """What handle_errors prints, naming the checkpoint when there are several; and an
     annotation on GitHub Actions."""
-    err = stderr_console()
     lines = exc.lines()
-    head = f"{model}: " if prefix else ""
-    err.print(f"error: {head}{lines[0]}", markup=False)
-    for line in lines[1:]:
-        err.print(f"hint: {line}", markup=False)
+    print_error(lines, head=f"{model}: " if prefix else "")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         sys.stderr.write(gate.github_error(" ".join(lines), model) + "\n")
         sys.stderr.flush()
@@ -221,11 +218,10 @@ def _report_error(model: str, exc: GenauditError, *, prefix: bool) -> None:
 class _Options:
     """The command's options, shared by every checkpoint it checks."""
 
-    shared: dict[str, Any]
-    rule_flags: tuple[str, ...]
-    default_rules: bool | None
-    fail_on_warn: bool | None
-    baseline: str | None
+    load: LoadFlags
+    inputs: InputFlags
+    run: RunFlags
+    cfg: gate.CheckConfig
     write_baseline: str | None
     json_out: str | None
     quiet: bool  # something else writes to stdout
@@ -233,27 +229,25 @@ class _Options:
 
 def _check_one(model: str, opts: _Options) -> gate.GateResult:
     """Check one checkpoint: analyses, verdict, its outputs; returns the verdict."""
-    prep = prepare(model, **opts.shared)
-    cfg = gate.parse_check_config(
-        prep.table, config_file=prep.settings.config_file, rule_flags=opts.rule_flags,
-        default_rules=opts.default_rules, fail_on_warn=opts.fail_on_warn, baseline=opts.baseline,
-    )  # fmt: skip
+    from ..export import emit, envelope, to_json, write_atomic
+    from ..report import drift_table, verdict_table
+    from ..sdr import SDRResult, run_sdr
+    from ..stretch import StretchResult, run_stretch
+    from ..transforms import make_transform
+    from .common import prepare, progress
+    from .sdr import sdr_tolerance
+
+    prep: Prepared = prepare(model, opts.load, opts.inputs, opts.run)
+    cfg = opts.cfg
     write_baseline, json_out = opts.write_baseline, opts.json_out
-    num_samples = opts.shared["num_samples"]
     tol = sdr_tolerance(prep.table, None)
     op = make_transform("stretch", float(cfg.stretch["factor"]), str(cfg.stretch["axis"]))
-    if prep.source.description["kind"] == "probe":
-        raise UsageError(
-            f"{Path(model).name} is fed data ({prep.loaded.arch}), and no data was given",
-            "pass --inputs FILE with samples of shape "
-            + "×".join(map(str, prep.source.description["shape"])),
-        )
-    first = next(prep.source.batches(min(2, prep.source.available or 2), 2, prep.device))
-    records = walk_layers(prep.loaded.model, first, prep.settings.levels)
+    prep.require_data(model)
+    records = prep.first_records()
     loaded = prep.loaded
     fp = gate.fingerprint(loaded.arch, loaded.arch_kwargs, loaded.module, records)
     targets = gate.resolve_targets(cfg.rules, records)
-    n = _sample_count(prep, num_samples)
+    n = prep.sample_count(opts.run.num_samples)
     run_config = {"seed": prep.settings.seed, "num_samples": n, "tolerance": tol,
                   "stretch": op.to_dict()}  # fmt: skip
     notes: list[str] = []
@@ -274,21 +268,21 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
 
     sdr_result: SDRResult | None = None
     if plan.sdr:
-        with _progress(n, "sampling") as bar:
-            task = bar.add_task("sampling", total=n)
+        with progress("sampling", n) as advance:
             sdr_result = run_sdr(
                 loaded.model, list(plan.sdr), prep.source, num_samples=n,
                 batch_size=prep.settings.batch_size, device=prep.device, tolerance=tol,
-                progress=lambda k: bar.advance(task, k),
+                progress=advance,
             )  # fmt: skip
     stretch_result: StretchResult | None = None
     if plan.stretch:
         try:
-            stretch_result = run_stretch(
-                loaded.model, records, list(plan.stretch), prep.source, transform=op,
-                num_samples=n, batch_size=prep.settings.batch_size, device=prep.device,
-                keep_samples=0,
-            )  # fmt: skip
+            with progress("stretch", n) as advance:
+                stretch_result = run_stretch(
+                    loaded.model, records, list(plan.stretch), prep.source, transform=op,
+                    num_samples=n, batch_size=prep.settings.batch_size, device=prep.device,
+                    keep_samples=0, progress=advance,
+                )  # fmt: skip
             notes += stretch_result.notes
         except NothingToAnalyseError as exc:
             if plan.stretch_required:
@@ -324,15 +318,14 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
     if not opts.quiet:
         out = stdout_console()
         title = f"{Path(model).name}: genaudit check, {n} samples, seed {prep.settings.seed}"
-        out.print(verdict_table(result, title))
+        out.print(verdict_table(result, title, width=out.width))
         if result.drifted:
             out.print()
-            out.print(drift_table(result))
+            out.print(drift_table(result, width=out.width))
         out.print()
         out.print(result.summary_line(), markup=False, soft_wrap=True)
-    err = stderr_console()
-    for note in notes:
-        err.print(f"note: {note}", markup=False)
+    for text in notes:
+        note(text)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in gate.github_annotations(result, model):
             sys.stderr.write(line + "\n")
@@ -342,6 +335,3 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
         with open(summary_file, "a", encoding="utf-8") as fh:
             fh.write(gate.step_summary(result, model))
     return result
-
-
-__all__ = ["check_cmd"]

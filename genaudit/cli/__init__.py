@@ -1,0 +1,78 @@
+"""The command line: the ``genaudit`` script and ``python -m genaudit``.
+
+Importing this package imports Typer and Rich only. Each command imports the analyses (and torch
+with them) when it runs, so that ``--help``, ``--version`` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+from typing import Any, NoReturn
+
+INTERRUPTED = 130  # the shell's convention: 128 + SIGINT
+
+
+class Interrupted(BaseException):
+    """Raised by the SIGINT handler of :func:`main`.
+
+    Not a ``KeyboardInterrupt``, so that no library on the way (Click turns those into its own
+    exit) gets to print anything: it reaches :func:`main`, which prints one line.
+    """
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of the ``genaudit`` script and ``python -m genaudit``."""
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        code = _run(argv)
+    except (Interrupted, KeyboardInterrupt):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt this
+        sys.stderr.write("interrupted\n")
+        code = INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the app without Click's standalone handling, and map what comes out to exit codes."""
+    import typer
+
+    from ..errors import ExitCode, GenauditError
+    from .root import STATE, app, click_exception_class
+
+    click_exception = click_exception_class()
+    try:
+        rv: Any = app(args=argv, prog_name="genaudit", standalone_mode=False)
+    except click_exception as exc:  # bad flag or option value: Click's usage message
+        exc.show()  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        return 1
+    except Exception as exc:  # only with --debug: the commands map errors themselves otherwise
+        if not STATE.debug:
+            raise
+        import traceback
+
+        traceback.print_exception(exc)
+        if isinstance(exc, GenauditError):
+            return int(exc.exit_code)
+        return int(ExitCode.INTERNAL)
+    return rv if isinstance(rv, int) else 0
+
+
+def __getattr__(name: str) -> Any:
+    # ``from genaudit.cli import app`` (tests, documentation tools) gets every command registered
+    if name == "app":
+        from .root import app
+
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,102 @@
+"""``genaudit layers`` (the audited layers of a model) and ``genaudit archs`` (the registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..export import check_destination
+from ..levels import split_selectors
+from .options import (
+    INPUTS,
+    MODEL,
+    RUN,
+    CsvOpt,
+    InputFlags,
+    JsonOpt,
+    LayersOpt,
+    LoadFlags,
+    ModelArg,
+    RunFlags,
+    with_options,
+)
+from .root import command, stdout_console
+
+LAYER_CSV_HEADER = (
+    "index", "layer", "type", "input_shape", "output_shape", "kernel_size", "stride",
+    "dilation", "groups", "level", "pairs", "analysis", "reason",
+)  # fmt: skip
+
+
+@command("layers")
+@with_options(MODEL, INPUTS, RUN.only("seed", "device", "config"))
+def layers_cmd(
+    model: ModelArg,
+    load: LoadFlags,
+    inputs: InputFlags,
+    run: RunFlags,
+    layers: LayersOpt = None,
+    json_out: JsonOpt = None,
+    csv_out: CsvOpt = None,
+) -> None:
+    """Inventory: every Linear and convolution layer in execution order, with shapes, level and
+    which analysis applies (SDR, trace method, or skipped and why)."""
+    from .common import one_stdout
+
+    one_stdout(json=json_out, csv=csv_out)
+    check_destination(json_out, "--json")
+    check_destination(csv_out, "--csv")
+
+    from ..export import emit, envelope, to_csv, to_json
+    from ..layers import select_layers
+    from ..report import layers_table
+    from .common import prepare
+
+    prep = prepare(model, load, inputs, run)
+    records = select_layers(prep.first_records(), split_selectors(layers))
+    if json_out:
+        doc = envelope(
+            "layers", str(prep.device), prep.config, checkpoint=prep.loaded.describe(),
+            results={"layers": [r.to_dict() for r in records]},
+        )  # fmt: skip
+        emit(json_out, to_json(doc))
+    if csv_out:
+        rows = [
+            (r.index, r.name, r.type, _shape(r.input_shape), _shape(r.output_shape),
+             _shape(r.kernel_size), _shape(r.stride), _shape(r.dilation), r.groups, r.level,
+             r.pairs, r.analysis, r.reason or "")
+            for r in records
+        ]  # fmt: skip
+        emit(csv_out, to_csv(LAYER_CSV_HEADER, rows))
+    if "-" not in (json_out, csv_out):
+        out = stdout_console()
+        title = f"{Path(model).name}: {len(records)} layers ({prep.loaded.arch})"
+        out.print(layers_table(records, title=title, width=out.width))
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+@command("archs")
+def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
+    """The registry of standard architectures usable with --arch NAME, and their arguments."""
+    from .common import one_stdout
+
+    one_stdout(json=json_out, csv=csv_out)
+    check_destination(json_out, "--json")
+    check_destination(csv_out, "--csv")
+
+    from .. import zoo
+    from ..export import emit, to_csv, to_json
+    from ..report import archs_table
+
+    entries = [zoo.get(name) for name in zoo.list_architectures()]
+    if json_out:
+        doc = {e.name: {"summary": e.summary, "kwargs": e.defaults()} for e in entries}
+        emit(json_out, to_json(doc))
+    if csv_out:
+        rows = [(e.name, k, repr(v), e.summary) for e in entries for k, v in e.defaults().items()]
+        emit(csv_out, to_csv(("arch", "argument", "default", "summary"), rows))
+    if "-" not in (json_out, csv_out):
+        out = stdout_console()
+        out.print(archs_table(entries, width=out.width))

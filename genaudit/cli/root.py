@@ -1,0 +1,377 @@
+"""The Typer app, its help layout, the run state (``--debug``, ``--quiet``) and error mapping."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .. import __version__
+from ..errors import ExitCode, GenauditError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Help sections, in the order they are shown; options name theirs with ``rich_help_panel``.
+SECTIONS = (
+    "Arguments", "Analysis", "Model", "Inputs", "Decoder", "Encoder", "Run", "Output", "Options",
+)  # fmt: skip
+
+
+@dataclass
+class RunState:
+    """What the root options and every command's ``--debug``/``--quiet`` set for this run."""
+
+    debug: bool = False
+    quiet: bool = False
+
+
+STATE = RunState()
+
+
+def click_exception_class() -> type[Exception]:
+    """Click's ``ClickException``, from Typer's own copy of Click or the standalone one."""
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == "ClickException":
+            return cls
+    raise RuntimeError("Typer without ClickException")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class PlainCoercion:
+    """Conversion of the plain option types this command line declares (str, int, float, bool,
+    an Enum of choices, and lists of those), with the option's min/max.
+
+    Typer 0.29 converts every option value through a pydantic ``TypeAdapter``; importing
+    pydantic for that costs as much as the whole of ``genaudit --help``. These types need no
+    more than what Click always did, so :func:`use_plain_coercion` installs this instead where
+    Typer has such a hook; elsewhere Typer's own conversion runs, with the same results.
+    """
+
+    annotation: Any
+    minimum: float | None = None
+    maximum: float | None = None
+
+    SUPPORTED = (str, int, float, bool)
+
+    @classmethod
+    def handles(cls, annotation: Any) -> bool:
+        element = _element_type(annotation)
+        return element in cls.SUPPORTED or (isinstance(element, type) and issubclass(element, Enum))
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        if param.multiple or param.nargs == -1:
+            if value is None:
+                return ()
+            if isinstance(value, str):
+                raise typer.BadParameter("Value must be an iterable.", ctx=ctx, param=param)
+            return [self.one(v, param, ctx) for v in value]
+        return None if value is None else self.one(value, param, ctx)
+
+    def one(self, value: Any, param: Any, ctx: Any) -> Any:
+        kind = _element_type(self.annotation)
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            for member in kind:
+                if value == member or value == member.value:
+                    return member
+            choices = ", ".join(repr(m.value) for m in kind)
+            raise typer.BadParameter(f"{value!r} is not one of {choices}.", ctx=ctx, param=param)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise typer.BadParameter(f"{value!r} is not a valid boolean.", ctx=ctx, param=param)
+        if kind is str:
+            return value if isinstance(value, str) else str(value)
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            name = "integer" if kind is int else "float"
+            raise typer.BadParameter(
+                f"{value!r} is not a valid {name}.", ctx=ctx, param=param
+            ) from None
+        low, high = self.minimum, self.maximum
+        if (low is not None and number < low) or (high is not None and number > high):
+            bounds = " and ".join(
+                text
+                for text in (low is not None and f"x>={low}", high is not None and f"x<={high}")
+                if text
+            )
+            raise typer.BadParameter(
+                f"{number} is not in the range {bounds}.", ctx=ctx, param=param
+            )
+        return number
+
+
+def _element_type(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if getattr(annotation, "__origin__", None) is list and args and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def use_plain_coercion(params: Iterable[Any]) -> None:
+    """Install :class:`PlainCoercion` on parameters of the plain types, where Typer converts
+    values through a replaceable runtime object (Typer 0.29); a no-op elsewhere."""
+    for param in params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or getattr(param, "_runtime_param", False) is not None:
+            continue
+        if PlainCoercion.handles(descriptor.annotation):
+            info = descriptor.parameter_info
+            param._runtime_param = PlainCoercion(
+                descriptor.annotation, getattr(info, "min", None), getattr(info, "max", None)
+            )
+
+
+class SectionedCommand(TyperCommand):
+    """Plain-text help with the options grouped in sections (model, inputs, analysis, output).
+
+    Typer groups options only in its Rich help, whose import alone costs more than the whole
+    plain help; this keeps the grouping without it.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        use_plain_coercion(params)
+        return params
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                panel = "Arguments"
+            else:
+                panel = getattr(param, "rich_help_panel", None) or "Options"
+            sections.setdefault(panel, []).append(record)
+        order = {name: k for k, name in enumerate(SECTIONS)}
+        for panel in sorted(sections, key=lambda p: order.get(p, len(order))):
+            with formatter.section(panel):
+                formatter.write_dl(sections[panel])
+
+
+# Every command: the module that defines it (imported only when the command is used) and the
+# line ``genaudit --help`` lists, in the order of a typical session.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "layers": ("inventory", "Inventory: every audited layer, in run order."),
+    "sdr": ("sdr", "Spectral density ratio of every (filter, map) pair."),
+    "stretch": ("stretch", "Stretch hidden layers vs. stretching the output."),
+    "compare": ("compare", "Decoder vs. encoder genericity, mirrored layers."),
+    "check": ("check", "CI gate: rules, baseline drift, exit codes."),
+    "archs": ("inventory", "The registry of standard architectures."),
+}
+# Filled by @command when a command's module is imported: name → (function, help).
+_REGISTERED: dict[str, tuple[Callable[..., Any], str | None]] = {}
+
+
+class RootGroup(TyperGroup):
+    """The commands, loaded lazily: ``genaudit --help`` imports none of them, and
+    ``genaudit sdr …`` imports only the module of ``sdr``."""
+
+    _loaded: dict[str, Any]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        use_plain_coercion(params)
+        return params
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        loaded = self.__dict__.setdefault("_loaded", {})
+        if cmd_name not in loaded:
+            loaded[cmd_name] = build_command(cmd_name)
+        return loaded[cmd_name]
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, summary) for name, (_, summary) in COMMANDS.items()])
+
+
+def build_command(name: str) -> Any:
+    """Import the command's module and turn its function into a Click command."""
+    import importlib
+
+    module, summary = COMMANDS[name]
+    importlib.import_module(f"{__package__}.{module}")
+    fn, help_text = _REGISTERED[name]
+    single = typer.Typer(
+        add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+        context_settings=CONTEXT_SETTINGS,
+    )  # fmt: skip
+    single.command(name, cls=SectionedCommand, short_help=summary, help=help_text)(fn)
+    return typer.main.get_command(single)
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+DebugOpt = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        help="Show the traceback of an error instead of one or two lines.",
+        rich_help_panel="Options",
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars or notes on stderr (errors and warnings still are shown).",
+        rich_help_panel="Options",
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"genaudit {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="genaudit",
+    cls=RootGroup,
+    help="Audit trained PyTorch generators for independent mechanisms: spectral density ratios "
+    "of every (filter, activation map) pair, stretch interventions on hidden layers, and a CI "
+    "gate (after Besserve et al., AAAI 2021).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=CONTEXT_SETTINGS,
+)
+
+
+@app.callback()
+def root(
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Audit trained PyTorch generators for independent mechanisms."""
+    STATE.debug = debug
+    STATE.quiet = quiet
+
+
+def command(name: str, *, help: str | None = None) -> Callable[[F], F]:
+    """Register a command (listed in :data:`COMMANDS`) with sectioned help,
+    ``--debug``/``--quiet`` and error mapping; ``help`` defaults to the function's docstring."""
+    if name not in COMMANDS:
+        raise ValueError(f"command {name!r} is not listed in COMMANDS")
+
+    def decorate(fn: F) -> F:
+        _REGISTERED[name] = (_with_general_options(handle_errors(fn)), help)
+        return fn
+
+    return decorate
+
+
+def _with_general_options(fn: F) -> F:
+    """Add ``--debug`` and ``--quiet`` after the command too (they also work before it)."""
+    sig = inspect.signature(fn, eval_str=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter("debug", keyword, default=False, annotation=DebugOpt),
+        inspect.Parameter("quiet", keyword, default=False, annotation=QuietOpt),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, debug: bool = False, quiet: bool = False, **kwargs: Any) -> Any:
+        STATE.debug = STATE.debug or debug
+        STATE.quiet = STATE.quiet or quiet
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*sig.parameters.values(), *extra]
+    )
+    return wrapper  # type: ignore[return-value]
+
+
+def handle_errors(fn: F) -> F:
+    """Map library errors to a one- or two-line message on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click_exception_class()):
+            raise
+        except GenauditError as exc:
+            if STATE.debug:
+                raise
+            print_error(exc.lines())
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            # in-process runs (tests); the script's SIGINT handler raises ``Interrupted`` instead
+            stderr_console().print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if STATE.debug:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            print_error(
+                [
+                    f"{type(exc).__name__}: {first}",
+                    "rerun with --debug for the traceback, and please report it",
+                ],
+                prefix="internal error",
+            )
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_error(lines: Iterable[str], prefix: str = "error", head: str = "") -> None:
+    """``error: what is wrong`` and ``hint: what to do`` on stderr."""
+    err = stderr_console()
+    for k, line in enumerate(lines):
+        err.print(f"{prefix}: {head}{line}" if k == 0 else f"hint: {line}", markup=False)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """Tables on stdout: the terminal's width (or ``COLUMNS``), 120 columns when piped."""
+    from rich.console import Console
+
+    probe = Console()
+    if probe.is_terminal or "COLUMNS" in os.environ:
+        return Console(highlight=False, width=probe.width)
+    return Console(highlight=False, width=120)
+
+
+def note(text: str) -> None:
+    """A note on stderr, unless ``--quiet``."""
+    if not STATE.quiet:
+        stderr_console().print(f"note: {text}", markup=False)
+
+
+def warning(text: str) -> None:
+    """A warning on stderr, even with ``--quiet``."""
+    stderr_console().print(f"WARNING: {text}", style="bold red", markup=False)
