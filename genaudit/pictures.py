@@ -125,7 +125,10 @@ def apply_colour_map(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def load_font(size: int) -> Font:
-    # Pillow >= 10.1 bundles a scalable font (Aileron): no system font is needed
+    """Pillow's bundled scalable font (Aileron, Pillow >= 10.1) at ``size`` pixels.
+
+    No system font is needed, so pictures look the same on every machine.
+    """
     return ImageFont.load_default(size=size)
 
 
@@ -571,31 +574,30 @@ def render_stretch_grid(result: StretchResult) -> RenderedGrid:
     )
 
 
-def difference_scale(result: StretchResult) -> tuple[np.ndarray, list[np.ndarray], float]:
-    r"""Absolute differences to the transformed output and the largest of them.
+def difference_maps(result: StretchResult) -> tuple[list[np.ndarray], float]:
+    r"""Absolute differences to the directly transformed output, and the largest of them.
 
-    Returns the directly transformed output :math:`T G(z)` and, for the original output and
-    each intervened one :math:`y`, the map
+    For the original output and then each intervened output :math:`y`, the map
 
     .. math:: d(y) = \frac{1}{C} \sum_c \lvert y_c - (T G(z))_c \rvert
 
-    of shape (K, 1, *grid), then the largest finite value over all of them (0 when none).
+    of shape (K, 1, *grid); then the largest finite value over all of them (0 when none).
     """
     original, stretched, intervened = _samples_or_fail(result)
     diffs = [np.abs(m - stretched).mean(axis=1, keepdims=True) for m in (original, *intervened)]
     finite = np.concatenate([d.ravel() for d in diffs])
     finite = finite[np.isfinite(finite)]
     top = float(finite.max()) if finite.size else 0.0
-    return stretched, diffs, top
+    return diffs, top
 
 
 def render_difference_grid(result: StretchResult) -> RenderedGrid:
     """The difference grid (RGB): magma on 0 … largest difference, with a colour bar.
 
     Row ``Original output``: ``|G(z) − T G(z)|``; one row per layer: ``|G_ℓ^T(z) − T G(z)|``;
-    each averaged over channels (see :func:`difference_scale`).
+    each averaged over channels (see :func:`difference_maps`).
     """
-    _, diffs, top = difference_scale(result)
+    diffs, top = difference_maps(result)
     hi = top if top > 0 else 1.0  # all equal: show 0 on a unit scale rather than divide by 0
     labels = ["Original output", *(layer_label(layer) for layer in result.layers)]
     rows = [(label, _difference_panels(d, hi)) for label, d in zip(labels, diffs, strict=True)]

@@ -46,7 +46,9 @@ def shorten_middle(text: str, width: int) -> str:
     A dotted name loses a run of whole components from its middle, keeping its first
     component and its last word with what follows it (``encoder.blocks.11.layers.3.attn.proj``
     → ``encoder.blocks.11…attn.proj``): of the runs that make it fit, the one that drops the
-    fewest indices, then the fewest cells. Other text keeps its first and last characters.
+    fewest indices, then the fewest cells. Failing that, it keeps whole components at the end
+    and the first characters (``synth…residual_layers.0``); other text keeps its first and last
+    characters.
     """
     if cell_len(text) <= width:
         return text
@@ -74,8 +76,15 @@ def shorten_middle(text: str, width: int) -> str:
             if 2 * cell_len(short) >= width:  # else too little is left of the name
                 return short
     room = width - 1
-    left = room // 2
-    return _take(text, left) + "…" + _take(text[::-1], room - left)[::-1]
+    right = room - room // 2
+    # rather whole components at the end, when that leaves a few cells of the beginning:
+    # "synth…residual_layers.0", "bl…conv1"
+    for k in range(1, len(parts)):
+        end = cell_len(".".join(parts[k:]))
+        if end <= room - max(2, room // 4):
+            right = max(right, end)
+            break
+    return _take(text, room - right) + "…" + _take(text[::-1], right)[::-1]
 
 
 def _take(text: str, cells: int) -> str:
@@ -242,7 +251,6 @@ def _render(
     layouts: Sequence[Callable[[], _Layout]],
     width: int,
     title: str | None,
-    captions: Sequence[str] = (),
 ) -> Table:
     """The first layout (most complete first) whose columns fit ``width``, as a Table.
 
@@ -261,28 +269,36 @@ def _render(
         widths = _widths(layout.columns, width, NAME_FLOOR)
     if widths is None:
         widths = [c.minimum(NAME_FLOOR) for c in layout.columns]
-    notes = list(captions)
+    notes = []
     if layout.left_out:
         notes.append(f"left out to fit {width} columns: {', '.join(layout.left_out)}")
     notes += layout.notes
+    rows = len(layout.columns[0].cells) if layout.columns else 0
+    texts = [
+        [cell if isinstance(cell, str) else cell.render(w) for cell in column.cells]
+        for column, w in zip(layout.columns, widths, strict=True)
+    ]
+    shown = [
+        max(_cell_natural(s) for s in [column.header, *cells])
+        for column, cells in zip(layout.columns, texts, strict=True)
+    ]
+    # a title or caption word wider than the table would be folded: widen the table instead,
+    # by widening its first text column (the layer names, mostly)
+    longest = max((cell_len(w) for w in _words(f"{title or ''} {' '.join(notes)}")), default=0)
+    slack = min(longest, width) - (sum(shown) + GAP * (len(shown) - 1))
+    texts_at = [k for k, c in enumerate(layout.columns) if c.justify == "left"]
+    wider: dict[int, int] = {}
+    if slack > 0 and texts_at:
+        k = min(texts_at, key=lambda k: layout.columns[k].priority)
+        wider[k] = shown[k] + slack
     table = _table(title, "\n".join(notes) or None)
-    for column in layout.columns:
+    for k, column in enumerate(layout.columns):
         table.add_column(
             Text(column.header), justify=column.justify, no_wrap=False,  # type: ignore[arg-type]
-            overflow="fold",
+            overflow="fold", min_width=wider.get(k),
         )  # fmt: skip
-    rows = len(layout.columns[0].cells) if layout.columns else 0
     for k in range(rows):
-        cells = []
-        for column, w in zip(layout.columns, widths, strict=True):
-            cell = column.cells[k]
-            cells.append(Text(cell if isinstance(cell, str) else cell.render(w)))
-        table.add_row(*cells)
-    # a title or caption word wider than the table would be folded: widen the table instead
-    longest = max((cell_len(w) for w in _words(f"{title or ''} {' '.join(notes)}")), default=0)
-    total = sum(widths) + GAP * (len(widths) - 1)
-    if longest > total:
-        table.min_width = min(longest, width)
+        table.add_row(*(Text(cells[k]) for cells in texts))
     return table
 
 
@@ -399,7 +415,7 @@ def layers_table(
             "kernel": _Column("kernel", priority=2),
             "level": _Column("level"),
             "pairs": _Column("pairs", "right"),
-            "analysis": _Column("analysis", priority=3),
+            "analysis": _Column("analysis", priority=2),
         }
         for r in records:
             analysis = r.analysis if r.analysis != "skipped" else f"skipped: {r.reason}"
@@ -562,6 +578,8 @@ def _trace_level_cells(lv: LevelSDR, style: _StatStyle) -> list[_Cell]:
     """A level of trace-method layers: one ratio each (all of them when few, else the range)."""
     ratios = lv.trace_ratios
     pairs = f"{len(ratios)} (trace)"
+    if not ratios:
+        return _note_cells("-", "-", (), style)
     if len(ratios) == 1:
         return _note_cells(pairs, _num(ratios[0], "{:.3f}"), (), style)
     if len(ratios) <= 4:
@@ -578,7 +596,8 @@ def _trace_level_cells(lv: LevelSDR, style: _StatStyle) -> list[_Cell]:
 def levels_table(
     result: SDRResult, title: str | None = None, *, width: int = DEFAULT_WIDTH
 ) -> Table:
-    """One row per level: all pairs of the level's SDR layers pooled; trace ratios listed.
+    """One row per level: all pairs of the level's SDR layers pooled; a level of trace-method
+    layers gives its ratio (a few: all of them; more: their range).
 
     The level's layers are named as a count and a range (``26 layers: a … b``). Narrower than
     its natural width the table leaves out the histogram, then shows the layers under the level

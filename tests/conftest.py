@@ -23,6 +23,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# A small DCGAN generator (32×32 output) with random weights: fast enough for command-line tests.
+SMALL_GENERATOR = {"ngf": 4, "nz": 8, "image_size": 32}
+
+
+@pytest.fixture(scope="session")
+def gen(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A self-describing safetensors checkpoint of :data:`SMALL_GENERATOR`."""
+    from genaudit import zoo
+    from genaudit.checkpoint import save_safetensors
+
+    torch.manual_seed(0)
+    model = zoo.build("dcgan_generator", SMALL_GENERATOR)
+    path = tmp_path_factory.mktemp("ckpt") / "g.safetensors"
+    save_safetensors(model.state_dict(), path, arch="dcgan_generator", arch_kwargs=SMALL_GENERATOR)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)

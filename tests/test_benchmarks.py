@@ -46,3 +46,16 @@ def test_quick_benchmarks_run(tmp_path: Path) -> None:
 
     stretch = docs["bench_stretch.py"]["sizes"][0]
     assert stretch["budget_forward_passes"] == stretch["layers"] + 1
+
+
+def test_startup_benchmark_runs_and_nothing_imports_torch(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    res = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_startup.py"), "--repeats", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "vs floor" in res.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["case"].startswith("floor") and len(rows) > 10
+    assert all(r["imports_torch"] is False for r in rows[1:])

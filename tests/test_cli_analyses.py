@@ -17,16 +17,6 @@ from genaudit.checkpoint import save_safetensors
 from genaudit.cli import app
 
 runner = CliRunner()
-KW = {"ngf": 4, "nz": 8, "image_size": 32}
-
-
-@pytest.fixture(scope="module")
-def gen(tmp_path_factory: pytest.TempPathFactory) -> str:
-    torch.manual_seed(0)
-    model = zoo.build("dcgan_generator", KW)
-    path = tmp_path_factory.mktemp("ckpt") / "g.safetensors"
-    save_safetensors(model.state_dict(), path, arch="dcgan_generator", arch_kwargs=KW)
-    return str(path)
 
 
 def run(*args: str):

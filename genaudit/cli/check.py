@@ -30,7 +30,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import STATE, command, note, print_error, stdout_console
+from .root import STATE, command, note, one_stdout, print_error, stdout_console
 
 if TYPE_CHECKING:
     from .common import Prepared
@@ -140,8 +140,6 @@ def check_cmd(
         ),
     ] = None,
 ) -> None:
-    from .common import one_stdout
-
     one_stdout(json=json_out, csv=csv_out, junit=junit)
     if write_baseline == "-":
         raise UsageError("--write-baseline needs a file name, not -")

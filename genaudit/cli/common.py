@@ -180,10 +180,3 @@ def progress(label: str, total: int) -> Iterator[Any]:
     with bar:
         task = bar.add_task(label, total=total)
         yield lambda k: bar.advance(task, k)
-
-
-def one_stdout(**targets: str | None) -> None:
-    """At most one machine output may go to stdout (``-``)."""
-    to_stdout = [f"--{name}" for name, target in targets.items() if target == "-"]
-    if len(to_stdout) > 1:
-        raise UsageError(f"only one of {' and '.join(to_stdout)} can write to stdout (-)")

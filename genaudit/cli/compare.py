@@ -22,7 +22,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import command, note, stdout_console
+from .root import command, note, one_stdout, stdout_console
 
 DECODER_MODEL = MODEL.prefixed("decoder", "decoder_load", "Decoder")
 DECODER_INPUTS = INPUTS.prefixed(
@@ -75,7 +75,6 @@ def compare_cmd(
     each pair must mirror (shapes reversed); --pair pairs layers by hand. The encoder is fed the
     decoder's outputs unless it is given inputs of its own (--inputs, --encoder-latents …)."""
     from ..compare import parse_pairs
-    from .common import one_stdout
 
     pairs = parse_pairs(pair or [])
     one_stdout(json=json_out, csv=csv_out)
@@ -100,10 +99,9 @@ def compare_cmd(
     from .sdr import sdr_tolerance
 
     dec = prepare(decoder, decoder_load, decoder_inputs, run, flag_prefix="decoder-")
-    own = encoder_inputs.inputs or encoder_inputs.latents or encoder_inputs.sampler
-    fed = None if own or encoder_inputs.generator else generated_source(
-        dec.loaded.model, dec.source, dec.device
-    )  # fmt: skip
+    e = encoder_inputs
+    own = e.inputs or e.latents or e.sampler or e.z_shape or e.generator  # inputs of its own
+    fed = None if own else generated_source(dec.loaded.model, dec.source, dec.device)
     enc = prepare(encoder, encoder_load, encoder_inputs, run, source=fed, flag_prefix="encoder-")
     enc.require_data(encoder)
     tol = sdr_tolerance(dec.table, tolerance)

@@ -19,7 +19,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import command, stdout_console
+from .root import command, one_stdout, stdout_console
 
 LAYER_CSV_HEADER = (
     "index", "layer", "type", "input_shape", "output_shape", "kernel_size", "stride",
@@ -40,8 +40,6 @@ def layers_cmd(
 ) -> None:
     """Inventory: every Linear and convolution layer in execution order, with shapes, level and
     which analysis applies (SDR, trace method, or skipped and why)."""
-    from .common import one_stdout
-
     one_stdout(json=json_out, csv=csv_out)
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")
@@ -80,8 +78,6 @@ def _shape(shape: tuple[int, ...]) -> str:
 @command("archs")
 def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
     """The registry of standard architectures usable with --arch NAME, and their arguments."""
-    from .common import one_stdout
-
     one_stdout(json=json_out, csv=csv_out)
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -14,7 +15,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from ..errors import ExitCode, GenauditError
+from ..errors import ExitCode, GenauditError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -325,7 +326,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(int(exc.exit_code)) from None
         except KeyboardInterrupt:
             # in-process runs (tests); the script's SIGINT handler raises ``Interrupted`` instead
-            stderr_console().print("interrupted", markup=False)
+            _stderr_line("interrupted")
             raise typer.Exit(130) from None
         except Exception as exc:
             if STATE.debug:
@@ -344,10 +345,15 @@ def handle_errors(fn: F) -> F:
 
 
 def print_error(lines: Iterable[str], prefix: str = "error", head: str = "") -> None:
-    """``error: what is wrong`` and ``hint: what to do`` on stderr."""
-    err = stderr_console()
+    """``error: what is wrong`` and ``hint: what to do`` on stderr (plain text: no Rich
+    console is needed, or imported, to report a usage error)."""
     for k, line in enumerate(lines):
-        err.print(f"{prefix}: {head}{line}" if k == 0 else f"hint: {line}", markup=False)
+        _stderr_line(f"{prefix}: {head}{line}" if k == 0 else f"hint: {line}")
+
+
+def _stderr_line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def stderr_console() -> Console:
@@ -369,9 +375,16 @@ def stdout_console() -> Console:
 def note(text: str) -> None:
     """A note on stderr, unless ``--quiet``."""
     if not STATE.quiet:
-        stderr_console().print(f"note: {text}", markup=False)
+        _stderr_line(f"note: {text}")
 
 
 def warning(text: str) -> None:
     """A warning on stderr, even with ``--quiet``."""
-    stderr_console().print(f"WARNING: {text}", style="bold red", markup=False)
+    _stderr_line(f"WARNING: {text}")
+
+
+def one_stdout(**targets: str | None) -> None:
+    """At most one machine output may go to stdout (``-``)."""
+    to_stdout = [f"--{name}" for name, target in targets.items() if target == "-"]
+    if len(to_stdout) > 1:
+        raise UsageError(f"only one of {' and '.join(to_stdout)} can write to stdout (-)")

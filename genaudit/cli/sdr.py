@@ -26,7 +26,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import command, note, stdout_console
+from .root import command, note, one_stdout, stdout_console
 
 
 @command("sdr")
@@ -51,8 +51,6 @@ def sdr_cmd(
     """Spectral density ratio (SDR) of every (filter, activation map) pair of every convolution,
     summarised per layer and per level; the trace method for Linear layers and convolutions fed
     1×1 maps. log10 SDR = 0 means the kernel is generic with respect to its input."""
-    from .common import one_stdout
-
     one_stdout(json=json_out, csv=csv_out)
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")
@@ -117,9 +115,13 @@ def sdr_cmd(
             f"{Path(model).name}: SDR per layer, {n} samples. mean, SD, percentiles and histogram "
             f"are of log10 SDR; generic: |log10 SDR| ≤ {tol:g}"
         )
-        out.print(sdr_table(result, title=title))
+        out.print(sdr_table(result, title=title, width=out.width))
         out.print()
-        out.print(levels_table(result, title="per level (pairs of all its layers pooled)"))
+        out.print(
+            levels_table(
+                result, title="per level (pairs of all its layers pooled)", width=out.width
+            )
+        )
 
 
 def sdr_tolerance(table: dict[str, Any], flag: float | None) -> float:

@@ -25,15 +25,15 @@ from .options import (
     TransformName,
     with_options,
 )
-from .root import command, note, stdout_console
+from .root import command, note, one_stdout, stdout_console
 
 StretchLayersOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--layers", "--layer", metavar="SELECTOR", rich_help_panel="Analysis",
         help="Where to intervene: a level (the last convolution of it that runs), a dotted "
-        "name, a glob or an index; repeatable or comma-separated (default: every hidden level "
-        "and image).",
+        "name, a glob or an index; repeatable or comma-separated (default: the last convolution "
+        "of each level from projection to image).",
     ),
 ]  # fmt: skip
 
@@ -89,8 +89,6 @@ def stretch_cmd(
     """Stretch the activation maps of hidden layers, run the rest of the model unchanged and
     compare with stretching the output: mse, the do-nothing baseline, and rel_mse = mse /
     baseline (0: perfect extrapolation, 1: no better than not intervening)."""
-    from .common import one_stdout
-
     one_stdout(json=json_out, csv=csv_out)
     check_destination(json_out, "--json")
     check_destination(csv_out, "--csv")
