@@ -114,8 +114,11 @@ def test_command_line_imports_no_standalone_click() -> None:
     assert res.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("module", ["genaudit", "genaudit.cli", "genaudit.levels",
-                                    "genaudit.values", "genaudit.gate", "genaudit.compare"])  # fmt: skip
+LIGHT = ["genaudit", "genaudit.cli", "genaudit.levels", "genaudit.values", "genaudit.gate",
+         "genaudit.compare", "genaudit.report"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", LIGHT)
 def test_light_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
