@@ -169,3 +169,43 @@ def test_help_is_grouped_and_fits_80_columns(tmp_path: Path) -> None:
     compare = run_cli("compare", "--help", cwd=tmp_path, env={"COLUMNS": "80"}).stdout
     assert "Decoder:" in compare and "Encoder:" in compare
     assert "--decoder-latents FILE" in compare and "--encoder-inputs, --inputs FILE" in compare
+
+
+def _stderr_on_a_terminal(args: list[str], cwd: Path) -> bytes:
+    """Run genaudit with stderr on a pseudo-terminal; return what it wrote there."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genaudit", *args], stdout=subprocess.PIPE, stderr=follower,
+        cwd=cwd, env={**os.environ, "TERM": "xterm", "COLUMNS": "80"},
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.communicate(timeout=120)
+    os.close(leader)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("command", "label"), [("sdr", b"sampling"), ("stretch", b"stretch"), ("check", b"sampling")]
+)
+def test_progress_bar_on_a_terminal_and_not_with_quiet(
+    tmp_path: Path, command: str, label: bytes
+) -> None:
+    args = [command, FIXTURE, "--num-samples", "1024"]
+    assert label in _stderr_on_a_terminal(args, tmp_path)
+    assert label not in _stderr_on_a_terminal([*args, "--quiet"], tmp_path)

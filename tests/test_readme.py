@@ -69,6 +69,8 @@ def test_first_commands_of_the_readme() -> None:
         'python3 -m pip install "torch==2.13.0" -e . && '
         "genaudit sdr fixtures/dcgan64_generator.safetensors"
     )
-    assert first_block[1] == 'python3 -m pip install "torch==2.13.0" -e ".[dev]" && python3 -m pytest'
+    assert (
+        first_block[1] == 'python3 -m pip install "torch==2.13.0" -e ".[dev]" && python3 -m pytest'
+    )
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "sed -n 2p" in ci and "eval" in ci  # CI evaluates exactly that second line
