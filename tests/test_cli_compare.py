@@ -56,7 +56,7 @@ def test_layers_that_do_not_mirror_stop_with_exit_2() -> None:
 def test_generator_vs_discriminator_reports_the_unpaired_layer() -> None:
     res = run(GEN, DISC, *N)
     assert res.exit_code == 0, res.output
-    assert "not paired (encoder): main.11" in res.stdout
+    assert "not paired (encoder): 1 layer: main.11" in res.stdout
 
 
 def test_pair_by_hand(tmp_path: Path) -> None:
@@ -68,6 +68,9 @@ def test_pair_by_hand(tmp_path: Path) -> None:
     assert comp["pairing"] == "explicit"
     pairs = {(lv["decoder_layer"], lv["encoder_layer"]) for lv in comp["levels"]}
     assert pairs == {("features.1", "features.6"), ("features.7", "features.0")}
+    odd = run(DEC, ENC, *N, "--pair", "features.1=features.4")
+    assert odd.exit_code == 0, odd.output
+    assert "paired by hand, shapes do not mirror: features.1 / features.4" in odd.stdout
     bad = run(DEC, ENC, *N, "--pair", "features.1=nosuchlayer")
     assert bad.exit_code == 2 and "nosuchlayer" in bad.stderr
 

@@ -73,7 +73,7 @@ RuleOpt = Annotated[
 ModelsArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="MODEL...", show_default=False,
+        metavar="MODEL", show_default=False,
         help="Checkpoint(s): .safetensors (or a sharded index), torch state dict, Lightning .ckpt "
         "…; several are checked one after the other with the same rules (the exit code is the "
         "highest of theirs).",

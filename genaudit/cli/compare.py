@@ -93,7 +93,7 @@ def compare_cmd(
     from ..compare import compare_results, plan_pairs
     from ..export import emit, envelope, to_csv, to_json
     from ..model import generated_source
-    from ..report import comparison_table
+    from ..report import comparison_table, layer_range_text
     from ..sdr import run_sdr
     from .common import prepare, progress
     from .sdr import sdr_tolerance
@@ -141,6 +141,10 @@ def compare_cmd(
         for side, names in (("decoder", comparison.unpaired_decoder),
                             ("encoder", comparison.unpaired_encoder)):  # fmt: skip
             if names:
-                out.print(f"not paired ({side}): {', '.join(names)}", markup=False)
+                out.print(f"not paired ({side}): {layer_range_text(names)}", markup=False)
+        for lv in comparison.levels:
+            if not lv.mirrored:
+                out.print(f"paired by hand, shapes do not mirror: {lv.decoder_layer} / "
+                          f"{lv.encoder_layer}", markup=False)  # fmt: skip
     for text in comparison.notes:
         note(text)
