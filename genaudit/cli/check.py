@@ -18,7 +18,6 @@ import typer
 from .. import gate
 from ..config import load_settings
 from ..errors import GenauditError, NothingToAnalyseError, UsageError
-from ..export import check_destination
 from .options import (
     INPUTS,
     MODEL,
@@ -30,7 +29,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import STATE, command, note, one_stdout, print_error, stdout_console
+from .root import STATE, check_outputs, command, note, print_error, stdout_console
 
 if TYPE_CHECKING:
     from .common import Prepared
@@ -140,17 +139,12 @@ def check_cmd(
         ),
     ] = None,
 ) -> None:
-    one_stdout(json=json_out, csv=csv_out, junit=junit)
-    if write_baseline == "-":
-        raise UsageError("--write-baseline needs a file name, not -")
+    check_outputs(json=json_out, csv=csv_out, junit=junit, write_baseline=write_baseline)
     if len(models) > 1 and (json_out or write_baseline):
         raise UsageError(
             f"--json and --write-baseline take one checkpoint; {len(models)} were given",
             "run genaudit check once per checkpoint for these (--junit and --csv handle several)",
         )
-    for target, flag in ((json_out, "--json"), (csv_out, "--csv"), (junit, "--junit"),
-                         (write_baseline, "--write-baseline")):  # fmt: skip
-        check_destination(target, flag)
     # the configuration and the rules are checked before any checkpoint is read
     settings, table = load_settings(run.config)
     settings = settings.with_flags(

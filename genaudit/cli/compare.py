@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..export import PLOT_SUFFIXES, check_destination, check_suffix
 from .options import (
     INPUTS,
     MODEL,
@@ -22,7 +21,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import command, note, one_stdout, stdout_console
+from .root import check_outputs, command, note, stdout_console
 
 DECODER_MODEL = MODEL.prefixed("decoder", "decoder_load", "Decoder")
 DECODER_INPUTS = INPUTS.prefixed(
@@ -77,15 +76,7 @@ def compare_cmd(
     from ..compare import parse_pairs
 
     pairs = parse_pairs(pair or [])
-    one_stdout(json=json_out, csv=csv_out)
-    check_destination(json_out, "--json")
-    check_destination(csv_out, "--csv")
-    check_destination(plot, "--plot")
-    check_suffix(plot, "--plot", PLOT_SUFFIXES)
-    if plot:
-        from ..plots import require_matplotlib
-
-        require_matplotlib()
+    check_outputs(json=json_out, csv=csv_out, plot=plot)
     if trust_checkpoint:
         decoder_load = replace(decoder_load, trust_checkpoint=True)
         encoder_load = replace(encoder_load, trust_checkpoint=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export import check_destination
 from ..levels import split_selectors
 from .options import (
     INPUTS,
@@ -19,7 +18,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import command, one_stdout, stdout_console
+from .root import check_outputs, command, stdout_console
 
 LAYER_CSV_HEADER = (
     "index", "layer", "type", "input_shape", "output_shape", "kernel_size", "stride",
@@ -40,9 +39,7 @@ def layers_cmd(
 ) -> None:
     """Inventory: every Linear and convolution layer in execution order, with shapes, level and
     which analysis applies (SDR, trace method, or skipped and why)."""
-    one_stdout(json=json_out, csv=csv_out)
-    check_destination(json_out, "--json")
-    check_destination(csv_out, "--csv")
+    check_outputs(json=json_out, csv=csv_out)
 
     from ..export import emit, envelope, to_csv, to_json
     from ..layers import select_layers
@@ -78,9 +75,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 @command("archs")
 def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
     """The registry of standard architectures usable with --arch NAME, and their arguments."""
-    one_stdout(json=json_out, csv=csv_out)
-    check_destination(json_out, "--json")
-    check_destination(csv_out, "--csv")
+    check_outputs(json=json_out, csv=csv_out)
 
     from .. import zoo
     from ..export import emit, to_csv, to_json

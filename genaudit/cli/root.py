@@ -383,8 +383,27 @@ def warning(text: str) -> None:
     _stderr_line(f"WARNING: {text}")
 
 
-def one_stdout(**targets: str | None) -> None:
-    """At most one machine output may go to stdout (``-``)."""
-    to_stdout = [f"--{name}" for name, target in targets.items() if target == "-"]
+# Outputs that may go to stdout with "-"; the others need a file name.
+_STREAMABLE = ("json", "csv", "junit")
+
+
+def check_outputs(**targets: str | None) -> None:
+    """Refuse (exit 2), before any work, output options that cannot be written: two of them on
+    stdout, ``-`` where a file is needed, an unwritable place, a picture format that cannot be
+    written, or ``--plot`` without matplotlib. Keys are option names (``write_baseline``)."""
+    from ..export import GRID_SUFFIXES, PLOT_SUFFIXES, check_destination, check_suffix
+
+    flags = {name: "--" + name.replace("_", "-") for name in targets}
+    to_stdout = [flags[name] for name, target in targets.items() if target == "-"]
     if len(to_stdout) > 1:
         raise UsageError(f"only one of {' and '.join(to_stdout)} can write to stdout (-)")
+    for name, target in targets.items():
+        if target == "-" and name not in _STREAMABLE:
+            raise UsageError(f"{flags[name]} needs a file name, not -")
+        check_destination(target, flags[name])
+    check_suffix(targets.get("grid"), "--grid", GRID_SUFFIXES)
+    check_suffix(targets.get("plot"), "--plot", PLOT_SUFFIXES)
+    if targets.get("plot"):
+        from ..plots import require_matplotlib
+
+        require_matplotlib()

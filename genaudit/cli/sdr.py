@@ -9,7 +9,6 @@ import typer
 
 from ..config import DEFAULT_TOLERANCE
 from ..errors import UsageError
-from ..export import PLOT_SUFFIXES, check_destination, check_suffix
 from ..levels import split_selectors
 from .options import (
     INPUTS,
@@ -26,7 +25,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import command, note, one_stdout, stdout_console
+from .root import check_outputs, command, note, stdout_console
 
 
 @command("sdr")
@@ -51,15 +50,7 @@ def sdr_cmd(
     """Spectral density ratio (SDR) of every (filter, activation map) pair of every convolution,
     summarised per layer and per level; the trace method for Linear layers and convolutions fed
     1×1 maps. log10 SDR = 0 means the kernel is generic with respect to its input."""
-    one_stdout(json=json_out, csv=csv_out)
-    check_destination(json_out, "--json")
-    check_destination(csv_out, "--csv")
-    check_destination(plot, "--plot")
-    check_suffix(plot, "--plot", PLOT_SUFFIXES)
-    if plot:
-        from ..plots import require_matplotlib
-
-        require_matplotlib()
+    check_outputs(json=json_out, csv=csv_out, plot=plot)
 
     from .. import distributed
     from ..export import emit, envelope, to_csv, to_json

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
-from ..export import GRID_SUFFIXES, check_destination, check_suffix
 from ..levels import split_selectors
 from .options import (
     INPUTS,
@@ -25,7 +23,7 @@ from .options import (
     TransformName,
     with_options,
 )
-from .root import command, note, one_stdout, stdout_console
+from .root import check_outputs, command, note, stdout_console
 
 StretchLayersOpt = Annotated[
     list[str] | None,
@@ -89,13 +87,7 @@ def stretch_cmd(
     """Stretch the activation maps of hidden layers, run the rest of the model unchanged and
     compare with stretching the output: mse, the do-nothing baseline, and rel_mse = mse /
     baseline (0: perfect extrapolation, 1: no better than not intervening)."""
-    one_stdout(json=json_out, csv=csv_out)
-    check_destination(json_out, "--json")
-    check_destination(csv_out, "--csv")
-    if grid == "-":
-        raise UsageError("--grid needs a file name, not -")
-    check_destination(grid, "--grid")
-    check_suffix(grid, "--grid", GRID_SUFFIXES)
+    check_outputs(json=json_out, csv=csv_out, grid=grid)
 
     from ..export import emit, envelope, to_csv, to_json
     from ..pictures import write_stretch_grids
