@@ -1,4 +1,4 @@
-"""`sdr` against the forward pass and the dense per-pair reference (DESIGN §9, issue #6).
+"""`sdr` against the forward pass and the dense per-pair reference (see docs/benchmarks.md).
 
 For a DCGAN generator (default: 64×64 at the usual width, ngf=64, nz=100, nc=3) and several N,
 measured side by side in one process:
@@ -7,7 +7,7 @@ measured side by side in one process:
   mode, no gradients);
 - ``sdr``: ``run_sdr`` on every layer, end to end (streaming + the pair stage), and the ratio
   sdr / forward (target ≤ 1.2);
-- ``dense``: the dense reference of DESIGN §2 at the N it can afford: the same streamed input
+- ``dense``: the dense reference (docs/method.md) at the N it can afford: the same streamed input
   spectra, then for every pair a zero-padded kernel on the (upsampled) grid, its FFT and the
   three averages, vectorised per layer in torch float64 (target: sdr ≥ 20× faster at N=2048).
   Reported end to end (streaming + dense pair stage) and for the pair stage alone. Optionally
@@ -80,7 +80,7 @@ def dense_layer_sdr(
     weight: torch.Tensor,
     budget_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
-    """SDR of every pair the dense way: one zero-padded FFT per pair (DESIGN §2, Cost).
+    """SDR of every pair the dense way: one zero-padded FFT per pair.
 
     A transposed conv with stride s works on the upsampled grid sM (like
     ``tests/dense_reference.py``): the input spectrum there is the input grid's one repeated
@@ -553,7 +553,7 @@ def report(doc: dict[str, Any]) -> str:
             common.format_table(["image", "ngf", "pairs", "forward", "sdr", "ratio"], rows)
         )
     t = doc["targets"]
-    lines += ["", "targets (DESIGN §9):"]
+    lines += ["", "targets:"]
     if "sdr_over_forward" in t:
         lines.append(
             f"  sdr ≤ {TARGET_RATIO}× forward (worst median ratio "

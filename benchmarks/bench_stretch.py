@@ -1,4 +1,4 @@
-"""`stretch` against the forward pass (DESIGN §9: about levels + 1 forward passes and no more).
+"""`stretch` against the forward pass (about levels + 1 forward passes and no more).
 
 For a DCGAN generator (default: 64×64, ngf=64, nz=100, nc=3) and several N, measured side by
 side in one process: the bare forward pass over N samples (same batch size, same inputs, eval,

@@ -1,4 +1,4 @@
-"""Bytes → format → state dict, without running code unless the user trusts the file (DESIGN §6).
+"""Bytes → format → state dict, without running code unless the user trusts the file.
 
 The format is decided from the file's content (magic numbers, zip entry names, pickle opcodes),
 never from its extension; a known extension that contradicts the content is an error. Weight-only

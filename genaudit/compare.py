@@ -1,4 +1,4 @@
-"""Decoder versus encoder genericity (paper Sec. 4.2, Fig. 5; DESIGN §10).
+"""Decoder versus encoder genericity (paper Sec. 4.2, Fig. 5).
 
 An encoder undoes its decoder layer by layer in reverse order: the encoder layer that *mirrors*
 a decoder layer takes the decoder layer's output shape as its input and returns the decoder

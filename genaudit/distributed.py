@@ -1,4 +1,4 @@
-"""One analysis over several processes: torchrun detection, sample sharding, all-reduce (DESIGN §9).
+"""One analysis over several processes: torchrun detection, sample sharding, all-reduce.
 
 ``torchrun --nproc-per-node K -m genaudit sdr …`` (or ``python -m torch.distributed.run``, with
 the usual ``--nnodes``/``--node-rank``/``--master-addr``/``--master-port`` flags across machines)

@@ -1,4 +1,4 @@
-"""One exception hierarchy and the exit codes the command line maps it to (DESIGN §8)."""
+"""One exception hierarchy and the exit codes the command line maps it to (see the README)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Results → JSON / CSV files, written atomically (DESIGN §8)."""
+"""Results → JSON / CSV files, written atomically."""
 
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ def _rule(metric: str, select: str, *, max: float, severity: str) -> Rule:
     return Rule(metric, (select,), None, max, severity, "default")
 
 
-# The default rules (DESIGN §1, §5; docs/ci.md explains each threshold and the measurements).
+# The default rules (docs/ci.md explains each threshold and the measurements).
 DEFAULT_RULES: tuple[Rule, ...] = (
     # intervening at a hidden level must remove at least half of the do-nothing stretch error
     _rule("stretch.rel_mse", "hidden", max=0.5, severity="fail"),

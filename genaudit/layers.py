@@ -1,4 +1,4 @@
-"""Module → ordered layer records with levels (DESIGN §4).
+"""Module → ordered layer records with levels (docs/method.md).
 
 The order is the order in which layers *run*, found by a dry run with forward hooks, not the
 order in which they were registered.
@@ -216,7 +216,7 @@ def _reads_out(records: Sequence[Mapping[str, Any]], convs: Sequence[int]) -> bo
 
 
 def assign_levels(records: list[dict[str, Any]]) -> list[str]:
-    """Levels of DESIGN §4 for records in execution order (the rule: see the module docstring)."""
+    """Levels for records in execution order (the rule: see the module docstring)."""
     levels = [LINEAR_LEVEL] * len(records)
     convs = [i for i, r in enumerate(records) if r["type"] != "Linear"]
     if not convs:

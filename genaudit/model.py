@@ -1,4 +1,4 @@
-"""(architecture, checkpoint) → nn.Module, and the inputs the model is fed (DESIGN §6, §7)."""
+"""(architecture, checkpoint) → nn.Module, and the inputs the model is fed (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def import_object(spec: str, what: str) -> Any:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to turn a checkpoint file into a model (DESIGN §6)."""
+    """How to turn a checkpoint file into a model (docs/method.md)."""
 
     arch: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -206,7 +206,7 @@ def load_model(path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded
 
 @dataclass(frozen=True)
 class InputOptions:
-    """What the model is fed (DESIGN §7), in priority order: files, sampler, shape, inference."""
+    """What the model is fed, in priority order: files, sampler, shape, inference."""
 
     latents: tuple[str, ...] = ()
     sampler: str | None = None
@@ -482,7 +482,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def make_input_source(model: nn.Module, options: InputOptions) -> InputSource:
-    """Choose the input source by DESIGN §7's priority order."""
+    """Choose the input source by priority: files, sampler, shape, inference."""
     if options.inputs and options.latents:
         raise UsageError("--inputs and --latents are alternatives: pass one of them")
     if options.latents or options.inputs:

@@ -1,4 +1,4 @@
-"""SDR analysis of a model: stream activations into spectra, then every pair's ratio (DESIGN §2–§3).
+"""SDR analysis of a model: stream activations into spectra, then every pair's ratio.
 
 One pass over the samples: a forward pre-hook on every chosen layer adds the layer's actual
 input to a streaming accumulator (a spectrum for SDR layers, a covariance for trace-method

@@ -1,9 +1,9 @@
 """Pure tensor math: input spectra, (folded) kernel power, the SDR and the trace method.
 
 Nothing here knows about models or hooks. Every function takes tensors and plain numbers and
-returns float64 tensors on the device it was given (DESIGN §2, §3, §9).
+returns float64 tensors on the device it was given (docs/method.md).
 
-Spectral density ratio (DESIGN §2; Besserve et al. 2021, eq. (8))::
+Spectral density ratio (Besserve et al. 2021, eq. (8))::
 
     SDR_oi = <P_oi · S_i> / (<P_oi> · <S_i>)
 
@@ -25,7 +25,7 @@ How the pieces fit:
    and :func:`spectral_density_ratio` raises :class:`GridTooSmallError` (carrying that reason)
    instead of returning a number. The caller reports the layer as ``skipped``.
 4. :func:`trace_ratio`, :class:`CovarianceAccumulator` and :func:`mechanism_matrix` implement the
-   trace method for Linear layers and convolutions fed 1×1 maps (DESIGN §3).
+   trace method for Linear layers and convolutions fed 1×1 maps (docs/method.md).
 """
 
 from __future__ import annotations
@@ -80,17 +80,17 @@ _CPU_CHUNK_VALUES = 1 << 22
 
 
 class GridTooSmallError(NothingToAnalyseError):
-    """The input grid has fewer than two non-zero frequencies, so no SDR exists (DESIGN §2).
+    """The input grid has fewer than two non-zero frequencies, so no SDR exists (docs/method.md).
 
     Raised by :func:`spectral_density_ratio` instead of returning a number; ``reason`` is the
     line to show when the layer is reported as ``skipped`` (the same text
-    :func:`sdr_skip_reason` returns). Layers fed 1×1 maps use the trace method (DESIGN §3).
+    :func:`sdr_skip_reason` returns). Layers fed 1×1 maps use the trace method (docs/method.md).
     """
 
     def __init__(self, grid: Sequence[int]) -> None:
         self.grid = tuple(int(m) for m in grid)
         reason = sdr_skip_reason(self.grid) or "grid too small"
-        super().__init__(reason, "use the trace method (DESIGN §3) for such layers")
+        super().__init__(reason, "such layers are analysed with the trace method")
         self.reason = reason
 
 
@@ -142,11 +142,11 @@ def rfft_bin_weights(grid: Sequence[int], *, device: torch.device | str | None =
 
 
 class SpectrumAccumulator:
-    """Streaming sum of input power spectra, one per channel (DESIGN §2, §9).
+    """Streaming sum of input power spectra, one per channel (docs/method.md).
 
     Accumulates ``power_sum[c] = Σ_n |rfftn(V[n, c])|²`` over batches ``V`` of shape
     ``(N, C, M_1, …, M_d)`` (d = ``spatial_dims``), together with the sample count ``count``.
-    The mean periodogram of DESIGN §2 is ``S_c = power_sum[c] / (count · |Ω|)``
+    The mean periodogram of docs/method.md is ``S_c = power_sum[c] / (count · |Ω|)``
     (:meth:`input_spectrum`), on the rfft half-grid ``(M_1, …, M_{d-1}, M_d // 2 + 1)``.
 
     Precision: the FFT runs in the batch's dtype (float16/bfloat16 are raised to float32) or
@@ -224,7 +224,7 @@ class SpectrumAccumulator:
         for part in v.split(chunk):
             x = torch.fft.rfftn(part, dim=dims)
             # Squares of the real and imaginary parts, summed over the chunk in the FFT dtype:
-            # a float64 copy of the whole spectrum would double the memory traffic (DESIGN §9).
+            # a float64 copy of the whole spectrum would double the memory traffic.
             power = x.real.square().addcmul_(x.imag, x.imag).sum(0)
             if self.power_sum is None:
                 self.power_sum = power.to(torch.float64)
@@ -357,7 +357,7 @@ def kernel_power(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
 ) -> Tensor:
-    """Kernel power of every existing pair on the input grid, the dense route (DESIGN §2).
+    """Kernel power of every existing pair on the input grid, the dense route (docs/method.md).
 
     ``P_oi(ν) = |DFT_Ω(w[o, i] dilated, zero-padded and wrapped onto Ω)(ν)|²``. For a
     transposed convolution with stride ``s`` (per axis) the layer is ``w ∗ (zero-insertion of
@@ -475,7 +475,7 @@ def kernel_lag_autocorrelation(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
 ) -> KernelLags:
-    """Lag-domain kernel power of every existing pair: the Wiener–Khinchin route (DESIGN §2).
+    """Lag-domain kernel power of every existing pair: the Wiener–Khinchin route (docs/method.md).
 
     With ``a_oi(τ) = Σ_t w_oi(t) w_oi(t + τ)`` the linear autocorrelation of the dilated kernel
     (at most ``(2k−1)^d`` lags, computed directly, only at the lags that survive, using
@@ -552,7 +552,7 @@ def kernel_lag_autocorrelation(
 def input_lag_autocorrelation(spectrum: SpectrumAccumulator, lags: Tensor) -> Tensor:
     """Circular autocorrelation of every input channel, mean removed, at the given lags.
 
-    ``r_i(τ) = Σ_{ν ≠ 0} S_i(ν) e^{2πi ν·τ / M}`` (S from DESIGN §2; the zero frequency is
+    ``r_i(τ) = Σ_{ν ≠ 0} S_i(ν) e^{2πi ν·τ / M}`` (S as in docs/method.md; the zero frequency is
     dropped, which is the same as removing each map's spatial mean), computed as
     ``|Ω| · irfftn(S_i with S_i(0) = 0)`` and gathered at ``lags`` ``(L, d)``.
     Returns ``(C_in, L)`` float64. ``r_i(0) = Σ_{ν≠0} S_i(ν)``.
@@ -574,7 +574,7 @@ def input_lag_autocorrelation(spectrum: SpectrumAccumulator, lags: Tensor) -> Te
 
 @dataclass(frozen=True, eq=False)
 class PairSDR:
-    """SDR of every existing (output, input) pair of one layer (DESIGN §2).
+    """SDR of every existing (output, input) pair of one layer (docs/method.md).
 
     values : ``(C_out, C_in/g)`` float64
         ``SDR_oi``; column j of row o is input channel ``input_index[o, j]`` (with groups=1
@@ -649,7 +649,7 @@ def spectral_density_ratio(
     method: Method = "auto",
     rtol: float = DEFAULT_RTOL,
 ) -> PairSDR:
-    """Spectral density ratio of all pairs of one convolution layer (DESIGN §2; paper eq. (8)).
+    """Spectral density ratio of all pairs of one convolution layer (paper eq. (8)).
 
     ::
 
@@ -789,7 +789,7 @@ def spectral_density_ratio(
 
 
 def trace_ratio(a: Tensor | np.ndarray, cov: Tensor | np.ndarray) -> float:
-    """Trace-method genericity ratio of a matrix mechanism (DESIGN §3; paper Prop. 5).
+    """Trace-method genericity ratio of a matrix mechanism (paper Prop. 5).
 
     ::
 
@@ -825,7 +825,7 @@ def trace_ratio(a: Tensor | np.ndarray, cov: Tensor | np.ndarray) -> float:
 
 
 def mechanism_matrix(weight: Tensor, *, transposed: bool = False, groups: int = 1) -> Tensor:
-    """The matrix A of a Linear layer or of a convolution fed a 1×1 map (DESIGN §3).
+    """The matrix A of a Linear layer or of a convolution fed a 1×1 map (docs/method.md).
 
     - Linear ``(out, in)``: A is the weight.
     - ConvTranspose ``(C_in, C_out/g, k…)`` on a 1×1 input: the output at tap position p of
@@ -856,7 +856,7 @@ def mechanism_matrix(weight: Tensor, *, transposed: bool = False, groups: int = 
 
 
 class CovarianceAccumulator:
-    """Streaming covariance of causes ``v`` ``(N, n)`` in float64 (DESIGN §3).
+    """Streaming covariance of causes ``v`` ``(N, n)`` in float64 (docs/method.md).
 
     Keeps ``total`` ``(n,)`` = Σ v, ``outer`` ``(n, n)`` = Σ v vᵀ and ``count``; memory does not
     grow with N and :meth:`add` makes no host synchronisation. :meth:`covariance` removes the

@@ -1,4 +1,4 @@
-"""Hidden-layer stretch interventions (DESIGN §5).
+"""Hidden-layer stretch interventions (docs/method.md).
 
 For fixed inputs z, each chosen layer ℓ has its output replaced by ``T(output)`` (every channel and
 sample) while everything downstream runs unchanged; the result is compared with transforming the
@@ -30,7 +30,7 @@ from .transforms import Transform, axis_dims
 
 CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")
 
-# Levels that default_stretch_layers intervenes at, in DESIGN §4's order.
+# Levels that default_stretch_layers intervenes at, in the order of the levels.
 STRETCH_LEVELS = LEVELS
 
 
@@ -108,7 +108,7 @@ class StretchResult:
 
 
 def default_stretch_layers(records: Sequence[LayerRecord]) -> list[LayerRecord]:
-    """Every level of DESIGN §4 that is present: the last convolution of the level that runs.
+    """Every level that is present: the last convolution of the level that runs.
 
     ``projection``, ``coarse``, ``intermediate`` and ``fine`` are the hidden levels; ``image``
     is included as the sanity check (its error is 0 or close to it). Execution order.
@@ -132,7 +132,7 @@ def choose_stretch_layers(
     """Layers to intervene at, in execution order.
 
     No selector → ``default_stretch_layers``. A level name means the last layer of that level
-    that runs (DESIGN §4); ``all`` means every convolution; dotted names, globs and indices
+    that runs (docs/method.md); ``all`` means every convolution; dotted names, globs and indices
     select as in ``layers.select_layers`` (naming a Linear layer is refused by ``run_stretch``).
     """
     if not selectors:
@@ -238,7 +238,7 @@ def run_stretch(
     keep_samples: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> StretchResult:
-    r"""Stretch error of intervening at each selected layer (DESIGN §5).
+    r"""Stretch error of intervening at each selected layer (docs/method.md).
 
     .. math::
 

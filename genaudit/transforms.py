@@ -1,4 +1,4 @@
-"""Map transforms for interventions: stretch and circular shift (DESIGN §5).
+"""Map transforms for interventions: stretch and circular shift (docs/method.md).
 
 Every transform acts on a batch of maps ``(N, C, *grid)`` with 1, 2 or 3 spatial dimensions:
 ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``. Axes are named from the end:
@@ -126,7 +126,7 @@ def _check_factor(factor: float) -> None:
     check=_check_factor,
 )
 def stretch(x: torch.Tensor, factor: float, axis: str = "horizontal") -> torch.Tensor:
-    r"""Stretch maps by ``factor`` about their centre along ``axis`` (DESIGN §5).
+    r"""Stretch maps by ``factor`` about their centre along ``axis`` (docs/method.md).
 
     .. math::  (T_s V)(x) = V\bigl(c + (x - c)/s\bigr)
 

@@ -1,4 +1,4 @@
-"""Registry of standard architectures, usable by name with ``--arch`` (DESIGN §6).
+"""Registry of standard architectures, usable by name with ``--arch`` (docs/method.md).
 
 Only the names registered here are ever built from a checkpoint's metadata; a name
 that is not in the registry is refused, never imported.

@@ -1,4 +1,4 @@
-"""Dense reference SDR (DESIGN §2): straightforward numpy float64, one FFT per pair.
+"""Dense reference SDR (docs/method.md): straightforward numpy float64, one FFT per pair.
 
 Independent of ``genaudit.spectral`` on purpose: no lags, no rfft, no folding. A transposed
 convolution with stride s is handled on the upsampled grid sM itself: the input is

@@ -1,4 +1,4 @@
-"""Checkpoint loading and the trust model (DESIGN §6): every file is built on the fly."""
+"""Checkpoint loading and the trust model (docs/method.md): every file is built on the fly."""
 
 from __future__ import annotations
 

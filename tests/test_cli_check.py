@@ -60,7 +60,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_trained_fixtures_pass_and_random_init_fails() -> None:
     """The documented default rules pass both trained fixtures and fail the VAE decoder at
     initialisation (step 0 of the same run): stretch.rel_mse at the hidden levels tells them
-    apart; the SDR rules do not (random kernels are generic: DESIGN §10)."""
+    apart; the SDR rules do not (random kernels are generic: docs/method.md)."""
     docs = {}
     for path in (DCGAN, VAE, VAE_INIT):
         result = run(path, *N, "--json", "-")

@@ -1,4 +1,4 @@
-"""`sdr` over several processes (torchrun, gloo on the CPU) equals a single-process run (issue #6).
+"""`sdr` over several processes (torchrun, gloo on the CPU) equals a single-process run.
 
 One real 2-process job through ``python -m torch.distributed.run``; the sharding, the reduce and
 the silence of the other ranks are also checked in-process with a stand-in for the collectives.

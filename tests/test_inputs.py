@@ -1,4 +1,4 @@
-"""Model inputs (DESIGN §7): inference, trial forward, files, samplers, conditional models."""
+"""Model inputs (docs/method.md): inference, trial forward, files, samplers, conditional models."""
 
 from __future__ import annotations
 

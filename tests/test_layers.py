@@ -1,4 +1,4 @@
-"""Layer walk: execution order, shapes, levels (DESIGN §4), analysis kinds, selection."""
+"""Layer walk: execution order, shapes, levels (docs/method.md), analysis kinds, selection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Out of device memory during `sdr`: halve the batch, continue from the same sample (issue #6).
+"""Out of device memory during `sdr`: halve the batch, continue from the same sample.
 
 CUDA's out-of-memory error is simulated on the CPU: a hook raises ``torch.OutOfMemoryError``
 (which is ``torch.cuda.OutOfMemoryError``) for batches above a size, after the layers before it

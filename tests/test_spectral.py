@@ -1,6 +1,6 @@
 """Numerics of genaudit.spectral against a dense reference, closed forms and invariances.
 
-DESIGN §2 (SDR), §3 (trace method), §10 (known answers). Tolerances are stated per test.
+docs/method.md (SDR, trace method, known answers). Tolerances are stated per test.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def test_pair_input_index_and_dense_layout():
 
 
 # --------------------------------------------------------------------------------------------
-# Invariances (DESIGN §2)
+# Invariances (docs/method.md)
 # --------------------------------------------------------------------------------------------
 
 
@@ -314,7 +314,7 @@ def test_accumulator_rejects_mismatched_batches():
 
 
 # --------------------------------------------------------------------------------------------
-# Known answers (DESIGN §10)
+# Known answers (docs/method.md)
 # --------------------------------------------------------------------------------------------
 
 
@@ -422,7 +422,7 @@ def test_model2_sgd_identity_drift_and_genericity():
 
 
 # --------------------------------------------------------------------------------------------
-# Trace method (DESIGN §3)
+# Trace method (docs/method.md)
 # --------------------------------------------------------------------------------------------
 
 

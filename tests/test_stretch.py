@@ -1,4 +1,4 @@
-"""Stretch interventions (DESIGN §5) on tiny models with known answers."""
+"""Stretch interventions (docs/method.md) on tiny models with known answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Map transforms (DESIGN §5) against independent implementations."""
+"""Map transforms (docs/method.md) against independent implementations."""
 
 from __future__ import annotations
 
