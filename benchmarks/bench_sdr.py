@@ -40,9 +40,9 @@ import common
 import numpy as np
 import torch
 
-from genaudit.layers import LayerRecord
-from genaudit.sdr import collect_statistics, layer_sdr, run_sdr
-from genaudit.spectral import SpectrumAccumulator
+from genaudit.analysis.sdr import collect_statistics, layer_sdr, run_sdr
+from genaudit.analysis.spectral import SpectrumAccumulator
+from genaudit.model.layers import LayerRecord
 
 SCRIPT = Path(__file__).resolve()
 TARGET_RATIO = 1.2

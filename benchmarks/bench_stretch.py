@@ -22,8 +22,8 @@ import common
 import numpy as np
 import torch
 
-from genaudit.stretch import choose_stretch_layers, run_stretch
-from genaudit.transforms import make_transform
+from genaudit.analysis.stretch import choose_stretch_layers, run_stretch
+from genaudit.analysis.transforms import make_transform
 
 SCRIPT = Path(__file__).resolve()
 

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from genaudit import zoo  # noqa: E402
-from genaudit.layers import LayerRecord, walk_layers  # noqa: E402
-from genaudit.model import InputSource, latent_source, resolve_device  # noqa: E402
+from genaudit.io import registry as zoo  # noqa: E402
+from genaudit.model.layers import LayerRecord, walk_layers  # noqa: E402
+from genaudit.model.loading import InputSource, latent_source, resolve_device  # noqa: E402
 
 
 def cpu_model() -> str:

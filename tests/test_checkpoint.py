@@ -18,8 +18,14 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from genaudit import zoo
-from genaudit.checkpoint import (
+from genaudit.errors import (
+    ArchitectureError,
+    CheckpointError,
+    StateDictMismatchError,
+    UnsafeCheckpointError,
+)
+from genaudit.io import registry as zoo
+from genaudit.io.checkpoint import (
     FORMATS,
     RawCheckpoint,
     arch_from_metadata,
@@ -30,12 +36,6 @@ from genaudit.checkpoint import (
     save_safetensors,
     select_state_dict,
     trust_warning,
-)
-from genaudit.errors import (
-    ArchitectureError,
-    CheckpointError,
-    StateDictMismatchError,
-    UnsafeCheckpointError,
 )
 
 pytestmark = pytest.mark.filterwarnings(
@@ -567,7 +567,8 @@ def test_torch_package_refused(tmp_path: Path, model: nn.Module) -> None:
     with pytest.warns(UserWarning):  # torch.package still pickles TypedStorage
         write_package(path, model)
     assert detect_format(path) == "torch-package"
-    with pytest.raises(UnsafeCheckpointError, match=r"torch\.package archive bundling .*zoo\.py"):
+    bundling = r"torch\.package archive bundling .*registry\.py"
+    with pytest.raises(UnsafeCheckpointError, match=bundling):
         read_checkpoint(path)
     # Not even trust loads it.
     with pytest.raises(CheckpointError, match="unsupported even when trusted") as info:

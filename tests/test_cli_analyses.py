@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from genaudit import zoo
-from genaudit.checkpoint import save_safetensors
 from genaudit.cli import app
+from genaudit.io import registry as zoo
+from genaudit.io.checkpoint import save_safetensors
 
 runner = CliRunner()
 

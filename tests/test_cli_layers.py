@@ -14,8 +14,8 @@ from conftest import FIXTURES, ROOT
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from genaudit import zoo
 from genaudit.cli import app
+from genaudit.io import registry as zoo
 
 runner = CliRunner()
 FIXTURE_FILES = sorted(FIXTURES.glob("*.safetensors"))

@@ -15,8 +15,7 @@ import torch
 from conftest import FIXTURES, ROOT
 from torch import nn
 
-from genaudit import zoo
-from genaudit.compare import (
+from genaudit.analysis.compare import (
     PAIR_HINT,
     Comparison,
     PairPlan,
@@ -26,9 +25,11 @@ from genaudit.compare import (
     parse_pairs,
     plan_pairs,
 )
+from genaudit.analysis.sdr import LayerSDR, SDRResult, Summary, run_sdr
 from genaudit.errors import ExitCode, NothingToAnalyseError, UsageError
-from genaudit.layers import LayerRecord, walk_layers
-from genaudit.model import (
+from genaudit.io import registry as zoo
+from genaudit.model.layers import LayerRecord, walk_layers
+from genaudit.model.loading import (
     InputOptions,
     InputSource,
     LoadOptions,
@@ -36,7 +37,6 @@ from genaudit.model import (
     load_model,
     make_input_source,
 )
-from genaudit.sdr import LayerSDR, SDRResult, Summary, run_sdr
 
 CPU = torch.device("cpu")
 SAMPLES = 64
@@ -309,9 +309,9 @@ def test_parse_pairs_errors(value: str, message: str) -> None:
 def test_compare_module_imports_without_torch() -> None:
     code = (
         "import sys\n"
-        "from genaudit.compare import parse_pairs, plan_pairs\n"
+        "from genaudit.analysis.compare import parse_pairs, plan_pairs\n"
         "assert parse_pairs(['a=b']) == [('a', 'b')]\n"
-        "assert 'torch' not in sys.modules and 'genaudit.sdr' not in sys.modules\n"
+        "assert 'torch' not in sys.modules and 'genaudit.analysis.sdr' not in sys.modules\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -362,7 +362,7 @@ def test_pair_without_enough_values_gets_a_note(vae: tuple[SDRResult, SDRResult]
 
 def test_comparison_plot(vae: tuple[SDRResult, SDRResult], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from genaudit.plots import plot_comparison
+    from genaudit.report.plots import plot_comparison
 
     png = tmp_path / "cmp.png"
     plot_comparison(compare_results(*vae), png, title="vae64")
@@ -371,7 +371,7 @@ def test_comparison_plot(vae: tuple[SDRResult, SDRResult], tmp_path: Path) -> No
 
 def test_sdr_plot(vae: tuple[SDRResult, SDRResult], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from genaudit.plots import plot_sdr
+    from genaudit.report.plots import plot_sdr
 
     png = tmp_path / "sdr.png"
     plot_sdr(vae[0], png)
@@ -381,7 +381,7 @@ def test_sdr_plot(vae: tuple[SDRResult, SDRResult], tmp_path: Path) -> None:
 def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
-    from genaudit.plots import require_matplotlib
+    from genaudit.report.plots import require_matplotlib
 
     real_import = builtins.__import__
 

@@ -25,9 +25,8 @@ from conftest import FIXTURES, ROOT
 from torch import Tensor
 from typer.testing import CliRunner
 
-from genaudit import distributed, zoo
-from genaudit.cli import app
-from genaudit.distributed import (
+from genaudit.analysis import distributed
+from genaudit.analysis.distributed import (
     BACKEND_ENV,
     DistributedRun,
     LaunchEnv,
@@ -35,11 +34,13 @@ from genaudit.distributed import (
     launch_env,
     shard_ranges,
 )
+from genaudit.analysis.sdr import collect_statistics
+from genaudit.analysis.spectral import SpectrumAccumulator
+from genaudit.cli import app
 from genaudit.errors import UsageError
-from genaudit.layers import walk_layers
-from genaudit.model import latent_source
-from genaudit.sdr import collect_statistics
-from genaudit.spectral import SpectrumAccumulator
+from genaudit.io import registry as zoo
+from genaudit.model.layers import walk_layers
+from genaudit.model.loading import latent_source
 
 CPU = torch.device("cpu")
 GENERATOR = str(FIXTURES / "dcgan64_generator.safetensors")

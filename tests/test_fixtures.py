@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from genaudit import zoo
+from genaudit.io import registry as zoo
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SCRIPT = FIXTURES / "make_fixtures.py"

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from genaudit import gate, zoo
+from genaudit import gate
 from genaudit.errors import ExitCode, InvalidInputError, NothingToAnalyseError, UsageError
-from genaudit.layers import LayerRecord, walk_layers
+from genaudit.io import registry as zoo
+from genaudit.model.layers import LayerRecord, walk_layers
 
 KW = {"ngf": 4, "nz": 8, "image_size": 32, "nc": 1}
 
@@ -219,7 +220,7 @@ def test_evaluation_bounds_and_nan(records: list[LayerRecord]) -> None:
 def test_summary_metrics() -> None:
     import numpy as np
 
-    from genaudit.sdr import Summary
+    from genaudit.analysis.sdr import Summary
 
     logs = np.array([-0.2, 0.0, 0.05, 0.3, np.nan])
     m = gate.summary_metrics(Summary.of(logs, 5, 0.1))

@@ -9,9 +9,9 @@ import toy_models
 from safetensors.torch import save_file
 from torch import nn
 
-from genaudit import zoo
 from genaudit.errors import ModelInputError, UsageError
-from genaudit.model import (
+from genaudit.io import registry as zoo
+from genaudit.model.loading import (
     InputOptions,
     infer_latent_shape,
     latent_source,

@@ -7,10 +7,10 @@ import torch
 import toy_models
 from torch import nn
 
-from genaudit import zoo
 from genaudit.errors import NothingToAnalyseError, UsageError
-from genaudit.hooks import has_hooks
-from genaudit.layers import assign_levels, select_layers, split_contiguous, walk_layers
+from genaudit.io import registry as zoo
+from genaudit.model.hooks import has_hooks
+from genaudit.model.layers import assign_levels, select_layers, split_contiguous, walk_layers
 
 
 def _walk(model: nn.Module, *shapes: tuple[int, ...]):

@@ -9,13 +9,14 @@ import toy_models
 from conftest import FIXTURES
 from torch import nn
 
-from genaudit import gate, zoo
+from genaudit import gate
+from genaudit.analysis.sdr import run_sdr
+from genaudit.analysis.stretch import STRETCH_LEVELS, choose_stretch_layers, default_stretch_layers
 from genaudit.errors import UsageError
-from genaudit.layers import LayerRecord, assign_levels, select_layers, walk_layers
-from genaudit.levels import ALL_LEVELS, HIDDEN_LEVELS, READOUT_LEVEL
-from genaudit.model import InputOptions, LoadOptions, load_model, make_input_source
-from genaudit.sdr import run_sdr
-from genaudit.stretch import STRETCH_LEVELS, choose_stretch_layers, default_stretch_layers
+from genaudit.io import registry as zoo
+from genaudit.model.layers import LayerRecord, assign_levels, select_layers, walk_layers
+from genaudit.model.levels import ALL_LEVELS, HIDDEN_LEVELS, READOUT_LEVEL
+from genaudit.model.loading import InputOptions, LoadOptions, load_model, make_input_source
 
 
 def _walk(model: nn.Module, *shapes: tuple[int, ...]) -> list[LayerRecord]:

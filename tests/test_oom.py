@@ -19,14 +19,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from genaudit import spectral, zoo
-from genaudit.checkpoint import save_safetensors
+from genaudit.analysis import spectral
+from genaudit.analysis.sdr import SDRResult, run_sdr
 from genaudit.cli import app
 from genaudit.errors import NothingToAnalyseError
-from genaudit.hooks import has_hooks
-from genaudit.layers import walk_layers
-from genaudit.model import latent_source
-from genaudit.sdr import SDRResult, run_sdr
+from genaudit.io import registry as zoo
+from genaudit.io.checkpoint import save_safetensors
+from genaudit.model.hooks import has_hooks
+from genaudit.model.layers import walk_layers
+from genaudit.model.loading import latent_source
 
 CPU = torch.device("cpu")
 KW = {"ngf": 4, "nz": 8, "image_size": 32}

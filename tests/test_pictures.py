@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image, ImageChops, ImageDraw
 
+from genaudit.analysis.stretch import StretchLayerResult, StretchResult, StretchSamples
+from genaudit.analysis.transforms import stretch
 from genaudit.errors import UsageError
-from genaudit.export import GRID_SUFFIXES
-from genaudit.pictures import (
+from genaudit.report.export import GRID_SUFFIXES
+from genaudit.report.pictures import (
     BACKGROUND,
     LABEL_SIZE,
     MAGMA,
@@ -30,8 +32,6 @@ from genaudit.pictures import (
     wrap_label,
     write_stretch_grids,
 )
-from genaudit.stretch import StretchLayerResult, StretchResult, StretchSamples
-from genaudit.transforms import stretch
 
 
 def make_result(

@@ -18,13 +18,14 @@ pytest.importorskip("matplotlib")
 import matplotlib
 from PIL import Image
 
-from genaudit import zoo
-from genaudit.compare import Comparison, compare_results
+from genaudit.analysis.compare import Comparison, compare_results
+from genaudit.analysis.sdr import SDRResult, run_sdr
 from genaudit.errors import UsageError
-from genaudit.export import PLOT_SUFFIXES
-from genaudit.layers import walk_layers
-from genaudit.model import generated_source, latent_source
-from genaudit.plots import (
+from genaudit.io import registry as zoo
+from genaudit.model.layers import walk_layers
+from genaudit.model.loading import generated_source, latent_source
+from genaudit.report.export import PLOT_SUFFIXES
+from genaudit.report.plots import (
     BINS,
     comparison_figure,
     plot_comparison,
@@ -33,7 +34,6 @@ from genaudit.plots import (
     sdr_figure,
     shared_range,
 )
-from genaudit.sdr import SDRResult, run_sdr
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The tables of :mod:`genaudit.report` at 80, 120 and 200 columns.
+"""The tables of :mod:`genaudit.report.tables` at 80, 120 and 200 columns.
 
 Golden text at 80 and 120 columns for every table (``tests/golden/NAME.WIDTH.txt``), built from
 the bundled fixtures through the library on the CPU; at every width: no line wider than the
@@ -30,19 +30,21 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
-from genaudit import gate, report, zoo
-from genaudit.compare import compare_results
-from genaudit.layers import walk_layers
-from genaudit.model import (
+from genaudit import gate
+from genaudit.analysis.compare import compare_results
+from genaudit.analysis.sdr import SDRResult, run_sdr
+from genaudit.analysis.stretch import choose_stretch_layers, run_stretch
+from genaudit.analysis.transforms import make_transform
+from genaudit.io import registry as zoo
+from genaudit.model.layers import walk_layers
+from genaudit.model.loading import (
     InputOptions,
     LoadOptions,
     generated_source,
     load_model,
     make_input_source,
 )
-from genaudit.sdr import SDRResult, run_sdr
-from genaudit.stretch import choose_stretch_layers, run_stretch
-from genaudit.transforms import make_transform
+from genaudit.report import tables as report
 
 TESTS = Path(__file__).parent
 GOLDEN = TESTS / "golden"
@@ -292,7 +294,7 @@ def test_every_table_at_a_very_narrow_console(tables: dict[str, Callable[[int], 
 
 
 def test_report_imports_without_torch() -> None:
-    code = "import sys, genaudit.report; assert 'torch' not in sys.modules"
+    code = "import sys, genaudit.report.tables; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

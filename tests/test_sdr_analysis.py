@@ -13,12 +13,12 @@ import toy_models
 from dense_reference import dense_sdr
 from torch import nn
 
-from genaudit import zoo
-from genaudit.hooks import has_hooks
-from genaudit.layers import walk_layers
-from genaudit.model import latent_source
-from genaudit.sdr import histogram, run_sdr
-from genaudit.spectral import mechanism_matrix, trace_ratio
+from genaudit.analysis.sdr import histogram, run_sdr
+from genaudit.analysis.spectral import mechanism_matrix, trace_ratio
+from genaudit.io import registry as zoo
+from genaudit.model.hooks import has_hooks
+from genaudit.model.layers import walk_layers
+from genaudit.model.loading import latent_source
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Numerics of genaudit.spectral against a dense reference, closed forms and invariances.
+"""Numerics of genaudit.analysis.spectral against a dense reference, closed forms and invariances.
 
 docs/method.md (SDR, trace method, known answers). Tolerances are stated per test.
 """
@@ -19,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dense_reference import dense_folded_power, dense_sdr
 
-from genaudit import spectral
-from genaudit.errors import NothingToAnalyseError
-from genaudit.spectral import (
+from genaudit.analysis import spectral
+from genaudit.analysis.spectral import (
     CovarianceAccumulator,
     GridTooSmallError,
     PairSDR,
@@ -35,6 +34,7 @@ from genaudit.spectral import (
     spectral_density_ratio,
     trace_ratio,
 )
+from genaudit.errors import NothingToAnalyseError
 
 F64 = torch.float64
 

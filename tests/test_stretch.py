@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from genaudit import zoo
-from genaudit.errors import NothingToAnalyseError, UsageError
-from genaudit.hooks import has_hooks
-from genaudit.layers import LayerRecord, walk_layers
-from genaudit.model import InputSource, latent_source
-from genaudit.stretch import (
+from genaudit.analysis.stretch import (
     StretchResult,
     choose_stretch_layers,
     default_stretch_layers,
     intervene,
     run_stretch,
 )
-from genaudit.transforms import Transform, make_transform, stretch
+from genaudit.analysis.transforms import Transform, make_transform, stretch
+from genaudit.errors import NothingToAnalyseError, UsageError
+from genaudit.io import registry as zoo
+from genaudit.model.hooks import has_hooks
+from genaudit.model.layers import LayerRecord, walk_layers
+from genaudit.model.loading import InputSource, latent_source
 
 STRETCH = make_transform("stretch", 1.5, "horizontal")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genaudit import transforms
+from genaudit.analysis import transforms
+from genaudit.analysis.transforms import Transform, make_transform, shift, stretch
 from genaudit.errors import UsageError
-from genaudit.transforms import Transform, make_transform, shift, stretch
 
 # Both grid_sample and interpolate compute sampling positions in float32, each ~1e-6 px off for
 # maps this size; the float64 tests below pin the definition down to 1e-12.

@@ -175,7 +175,7 @@ def check_cmd(
         suites.append((f"genaudit check {Path(model).name}", result))
         codes.append(result.exit_code)
         csv_rows += [_csv_row(model, e) for e in result.evaluations]
-    from ..export import emit, to_csv
+    from ..report.export import emit, to_csv
 
     if junit:
         emit(junit, gate.junit_xml(suites))
@@ -221,11 +221,11 @@ class _Options:
 
 def _check_one(model: str, opts: _Options) -> gate.GateResult:
     """Check one checkpoint: analyses, verdict, its outputs; returns the verdict."""
-    from ..export import emit, envelope, to_json, write_atomic
-    from ..report import drift_table, verdict_table
-    from ..sdr import SDRResult, run_sdr
-    from ..stretch import StretchResult, run_stretch
-    from ..transforms import make_transform
+    from ..analysis.sdr import SDRResult, run_sdr
+    from ..analysis.stretch import StretchResult, run_stretch
+    from ..analysis.transforms import make_transform
+    from ..report.export import emit, envelope, to_json, write_atomic
+    from ..report.tables import drift_table, verdict_table
     from .common import prepare, progress
     from .sdr import sdr_tolerance
 

@@ -15,8 +15,8 @@ import torch
 
 from ..config import Settings, load_settings
 from ..errors import UsageError
-from ..layers import LayerRecord, walk_layers
-from ..model import (
+from ..model.layers import LayerRecord, walk_layers
+from ..model.loading import (
     InputOptions,
     InputSource,
     LoadedModel,

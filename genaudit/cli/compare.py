@@ -73,7 +73,7 @@ def compare_cmd(
     the image end (the decoder's last convolution with the encoder's first, then inwards), and
     each pair must mirror (shapes reversed); --pair pairs layers by hand. The encoder is fed the
     decoder's outputs unless it is given inputs of its own (--inputs, --encoder-latents …)."""
-    from ..compare import parse_pairs
+    from ..analysis.compare import parse_pairs
 
     pairs = parse_pairs(pair or [])
     check_outputs(json=json_out, csv=csv_out, plot=plot)
@@ -81,11 +81,11 @@ def compare_cmd(
         decoder_load = replace(decoder_load, trust_checkpoint=True)
         encoder_load = replace(encoder_load, trust_checkpoint=True)
 
-    from ..compare import compare_results, plan_pairs
-    from ..export import emit, envelope, to_csv, to_json
-    from ..model import generated_source
-    from ..report import comparison_table, layer_range_text
-    from ..sdr import run_sdr
+    from ..analysis.compare import compare_results, plan_pairs
+    from ..analysis.sdr import run_sdr
+    from ..model.loading import generated_source
+    from ..report.export import emit, envelope, to_csv, to_json
+    from ..report.tables import comparison_table, layer_range_text
     from .common import prepare, progress
     from .sdr import sdr_tolerance
 
@@ -109,7 +109,7 @@ def compare_cmd(
             )  # fmt: skip
     comparison = compare_results(results[0], results[1], pairs=pairs or None)
     if plot:
-        from ..plots import plot_comparison
+        from ..report.plots import plot_comparison
 
         plot_comparison(comparison, plot, title=f"{Path(decoder).name} vs {Path(encoder).name}")
     if json_out:

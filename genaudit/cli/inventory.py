@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..levels import split_selectors
+from ..model.levels import split_selectors
 from .options import (
     INPUTS,
     MODEL,
@@ -41,9 +41,9 @@ def layers_cmd(
     which analysis applies (SDR, trace method, or skipped and why)."""
     check_outputs(json=json_out, csv=csv_out)
 
-    from ..export import emit, envelope, to_csv, to_json
-    from ..layers import select_layers
-    from ..report import layers_table
+    from ..model.layers import select_layers
+    from ..report.export import emit, envelope, to_csv, to_json
+    from ..report.tables import layers_table
     from .common import prepare
 
     prep = prepare(model, load, inputs, run)
@@ -77,9 +77,9 @@ def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
     """The registry of standard architectures usable with --arch NAME, and their arguments."""
     check_outputs(json=json_out, csv=csv_out)
 
-    from .. import zoo
-    from ..export import emit, to_csv, to_json
-    from ..report import archs_table
+    from ..io import registry as zoo
+    from ..report.export import emit, to_csv, to_json
+    from ..report.tables import archs_table
 
     entries = [zoo.get(name) for name in zoo.list_architectures()]
     if json_out:

@@ -391,7 +391,7 @@ def check_outputs(**targets: str | None) -> None:
     """Refuse (exit 2), before any work, output options that cannot be written: two of them on
     stdout, ``-`` where a file is needed, an unwritable place, a picture format that cannot be
     written, or ``--plot`` without matplotlib. Keys are option names (``write_baseline``)."""
-    from ..export import GRID_SUFFIXES, PLOT_SUFFIXES, check_destination, check_suffix
+    from ..report.export import GRID_SUFFIXES, PLOT_SUFFIXES, check_destination, check_suffix
 
     flags = {name: "--" + name.replace("_", "-") for name in targets}
     to_stdout = [flags[name] for name, target in targets.items() if target == "-"]
@@ -404,6 +404,6 @@ def check_outputs(**targets: str | None) -> None:
     check_suffix(targets.get("grid"), "--grid", GRID_SUFFIXES)
     check_suffix(targets.get("plot"), "--plot", PLOT_SUFFIXES)
     if targets.get("plot"):
-        from ..plots import require_matplotlib
+        from ..report.plots import require_matplotlib
 
         require_matplotlib()

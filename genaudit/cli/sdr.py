@@ -9,7 +9,7 @@ import typer
 
 from ..config import DEFAULT_TOLERANCE
 from ..errors import UsageError
-from ..levels import split_selectors
+from ..model.levels import split_selectors
 from .options import (
     INPUTS,
     MODEL,
@@ -52,11 +52,11 @@ def sdr_cmd(
     1×1 maps. log10 SDR = 0 means the kernel is generic with respect to its input."""
     check_outputs(json=json_out, csv=csv_out, plot=plot)
 
-    from .. import distributed
-    from ..export import emit, envelope, to_csv, to_json
-    from ..layers import select_layers
-    from ..report import levels_table, sdr_table
-    from ..sdr import SDRResult, run_sdr
+    from ..analysis import distributed
+    from ..analysis.sdr import SDRResult, run_sdr
+    from ..model.layers import select_layers
+    from ..report.export import emit, envelope, to_csv, to_json
+    from ..report.tables import levels_table, sdr_table
     from .common import prepare, progress
 
     launch = distributed.launch_env()  # set by torchrun; None for a single process
@@ -97,7 +97,7 @@ def sdr_cmd(
     if csv_out:
         emit(csv_out, to_csv(SDRResult.CSV_HEADER, result.csv_rows()))
     if plot:
-        from ..plots import plot_sdr
+        from ..report.plots import plot_sdr
 
         plot_sdr(result, plot, title=f"{Path(model).name}: log10 SDR per layer ({n} samples)")
     if "-" not in (json_out, csv_out):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..levels import split_selectors
+from ..model.levels import split_selectors
 from .options import (
     INPUTS,
     MODEL,
@@ -89,11 +89,11 @@ def stretch_cmd(
     baseline (0: perfect extrapolation, 1: no better than not intervening)."""
     check_outputs(json=json_out, csv=csv_out, grid=grid)
 
-    from ..export import emit, envelope, to_csv, to_json
-    from ..pictures import write_stretch_grids
-    from ..report import stretch_table
-    from ..stretch import choose_stretch_layers, run_stretch
-    from ..transforms import make_transform
+    from ..analysis.stretch import choose_stretch_layers, run_stretch
+    from ..analysis.transforms import make_transform
+    from ..report.export import emit, envelope, to_csv, to_json
+    from ..report.pictures import write_stretch_grids
+    from ..report.tables import stretch_table
     from .common import prepare, progress
 
     op = make_transform(transform.value, factor, axis.value)

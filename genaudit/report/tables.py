@@ -18,15 +18,15 @@ from rich.cells import cell_len, get_character_cell_size
 from rich.table import Table
 from rich.text import Text
 
-from .gate import fmt_value
+from ..gate.core import fmt_value
 
 if TYPE_CHECKING:  # report needs no torch at import time
-    from .compare import Comparison
-    from .gate import GateResult
-    from .layers import LayerRecord
-    from .sdr import LayerSDR, LevelSDR, SDRResult, Summary
-    from .stretch import StretchResult
-    from .zoo import ArchEntry
+    from ..analysis.compare import Comparison
+    from ..analysis.sdr import LayerSDR, LevelSDR, SDRResult, Summary
+    from ..analysis.stretch import StretchResult
+    from ..gate.core import GateResult
+    from ..io.registry import ArchEntry
+    from ..model.layers import LayerRecord
 
 DEFAULT_WIDTH = 120
 # A layer name is not shortened below this many cells unless nothing else fits.

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
-from . import zoo
-from .errors import ArchitectureError, ModelInputError, UsageError
+from ..errors import ArchitectureError, ModelInputError, UsageError
+from ..io import checkpoint as ckpt
+from ..io import registry as zoo
+from ..values import check_device
 from .exported import materialise_layers
-from .values import check_device
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import UsageError
+from ..errors import UsageError
 from .spectral import CovarianceAccumulator, SpectrumAccumulator
 
 __all__ = [

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import NothingToAnalyseError, UsageError
-from .levels import ALL_LEVELS, READOUT_LEVEL, matches_layer, split_selectors
+from ..errors import NothingToAnalyseError, UsageError
+from ..model.levels import ALL_LEVELS, READOUT_LEVEL, matches_layer, split_selectors
 
 if TYPE_CHECKING:  # the pairing functions are usable without torch
-    from .layers import LayerRecord
+    from ..model.layers import LayerRecord
     from .sdr import SDRResult, Summary
 
 PAIR_HINT = (
@@ -274,7 +274,7 @@ def resolve_layer(records: Sequence[LayerRecord], selector: str, side: str) -> L
     """The one SDR layer of a model that ``selector`` names (``side``: decoder or encoder).
 
     A level name selects the layers of that level, anything else what
-    :func:`~genaudit.levels.matches_layer` matches (a dotted name, a glob, an index). Layers
+    :func:`~genaudit.model.levels.matches_layer` matches (a dotted name, a glob, an index). Layers
     without SDR values do not count, so a glob may also match trace-method or skipped layers;
     no SDR layer, or more than one, is a :class:`UsageError` that lists the choices.
     """

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, features
 
-from .errors import UsageError
+from ..analysis.stretch import StretchLayerResult, StretchResult
+from ..errors import UsageError
 from .export import GRID_SUFFIXES, check_suffix, write_atomic
-from .stretch import StretchLayerResult, StretchResult
 
 # A box in pixels as Pillow's ``crop`` takes it: (left, top, right, bottom), right/bottom excluded.
 Box = tuple[int, int, int, int]

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import NothingToAnalyseError, UsageError
-from .hooks import eval_mode, forward_hooks
-from .layers import LEVELS, LayerRecord, first_tensor, select_layers
-from .model import InputSource
+from ..errors import NothingToAnalyseError, UsageError
+from ..model.hooks import eval_mode, forward_hooks
+from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
+from ..model.loading import InputSource
 from .transforms import Transform, axis_dims
 
 CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")

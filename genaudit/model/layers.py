@@ -3,7 +3,7 @@
 The order is the order in which layers *run*, found by a dry run with forward hooks, not the
 order in which they were registered.
 
-Levels (names in :mod:`genaudit.levels`), assigned from the shapes seen in the dry run:
+Levels (names in :mod:`genaudit.model.levels`), assigned from the shapes seen in the dry run:
 
 - ``linear``: every Linear layer.
 - ``image`` or ``readout``: the last convolution that runs. It is ``readout`` when the model's
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import NothingToAnalyseError, UsageError
+from ..errors import NothingToAnalyseError, UsageError
 from .hooks import eval_mode, forward_hooks
 from .levels import ALL_LEVELS, LEVELS, LINEAR_LEVEL, READOUT_LEVEL, matches_layer
 

@@ -54,8 +54,9 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from . import __version__, zoo
-from .errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
+from .. import __version__
+from ..errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
+from . import registry as zoo
 
 __all__ = [
     "FORMATS",

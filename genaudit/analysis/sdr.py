@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import DEFAULT_TOLERANCE
+from ..config import DEFAULT_TOLERANCE
+from ..errors import ModelInputError, NothingToAnalyseError
+from ..model.hooks import eval_mode, forward_hooks
+from ..model.layers import ALL_LEVELS, LayerRecord
+from ..model.loading import InputSource
 from .distributed import DistributedRun, all_reduce_accumulators, shard_ranges
-from .errors import ModelInputError, NothingToAnalyseError
-from .hooks import eval_mode, forward_hooks
-from .layers import ALL_LEVELS, LayerRecord
-from .model import InputSource
 from .spectral import (
     CovarianceAccumulator,
     GridTooSmallError,
@@ -324,7 +324,7 @@ def collect_statistics(
     :class:`NothingToAnalyseError`.
 
     With ``group`` (a torchrun job) this process runs only its shard of the samples
-    (:func:`~genaudit.distributed.shard_ranges`, blocks of ``batch_size``) and the sums are
+    (:func:`~genaudit.analysis.distributed.shard_ranges`, blocks of ``batch_size``) and the sums are
     all-reduced at the end, so every rank returns the statistics of all ``num_samples``.
 
     The loop makes no host synchronisation on CUDA: inputs are copied asynchronously from
@@ -488,8 +488,9 @@ def run_sdr(
 ) -> SDRResult:
     """SDR of every pair of every chosen layer (``records``), trace ratios, per-level pooling.
 
-    ``group``: this process's place in a torchrun job (see :mod:`genaudit.distributed`); the
-    samples are shared out and the statistics summed, so every rank returns the same result.
+    ``group``: this process's place in a torchrun job (see
+    :mod:`genaudit.analysis.distributed`); the samples are shared out and the statistics
+    summed, so every rank returns the same result.
     Out-of-memory batches are retried at half the size (see :func:`collect_statistics`); the
     result records the final batch size and the number of halvings.
     """

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compare import Comparison
-from .errors import UsageError
+from ..analysis.compare import Comparison
+from ..analysis.sdr import LayerSDR, SDRResult
+from ..errors import UsageError
 from .export import PLOT_SUFFIXES, check_suffix, write_atomic
-from .sdr import LayerSDR, SDRResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import InvalidInputError, NothingToAnalyseError, UsageError
-from .export import SCHEMA_VERSION, to_json
-from .levels import ALL_LEVELS, HIDDEN_LEVELS, matches_layer
+from .. import __version__
+from ..errors import InvalidInputError, NothingToAnalyseError, UsageError
+from ..model.levels import ALL_LEVELS, HIDDEN_LEVELS, matches_layer
+from ..report.export import SCHEMA_VERSION, to_json
 
 if TYPE_CHECKING:  # the gate's rules and help text are importable without torch
     import xml.etree.ElementTree as ET
 
-    from .layers import LayerRecord
-    from .sdr import SDRResult, Summary
-    from .stretch import StretchResult
+    from ..analysis.sdr import SDRResult, Summary
+    from ..analysis.stretch import StretchResult
+    from ..model.layers import LayerRecord
 
 # --------------------------------------------------------------------------- metrics
 
@@ -481,7 +481,7 @@ def _rule_targets(rule: Rule, records: Sequence[LayerRecord], strict: bool) -> l
                     targets += [Target(rule, "layer", r.name, r) for r in members
                                 if _applies(rule, r)]  # fmt: skip
                 elif any(r.is_conv for r in members):
-                    from .stretch import choose_stretch_layers
+                    from ..analysis.stretch import choose_stretch_layers
 
                     last = choose_stretch_layers(records, [level])[-1]
                     if _applies(rule, last):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.fx.operator_schemas import normalize_function
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 _CONV_OPS = {
     "conv1d": (1, False), "conv2d": (2, False), "conv3d": (3, False),

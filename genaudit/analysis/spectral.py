@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import NothingToAnalyseError
+from ..errors import NothingToAnalyseError
 
 __all__ = [
     "DEFAULT_RTOL",

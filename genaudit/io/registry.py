@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArchitectureError
+from ..errors import ArchitectureError
 
 
 @dataclass(frozen=True)

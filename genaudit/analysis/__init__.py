@@ -1,0 +1,1 @@
+"""The analyses on a model: spectral maths, SDR, stretch interventions, compare."""

@@ -1,0 +1,1 @@
+"""Bytes → state dict: safe reading of checkpoints, and the registry of architectures."""

@@ -1,0 +1,1 @@
+"""(architecture, state dict) → nn.Module; inputs; the layer walk with levels; hooks."""

@@ -1,0 +1,1 @@
+"""Results → rich tables, JSON/CSV files, pictures and plots (never prints by itself)."""
