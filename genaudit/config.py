@@ -8,7 +8,7 @@ given with ``--config``; command-line flags win over all of them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -112,12 +112,7 @@ def load_settings(
     if path is None:
         return Settings(), {}
     table = read_table(path)
-    unknown = sorted(set(table) - set(_SCALARS) - _SECTIONS)
-    if unknown:
-        raise UsageError(
-            f"unknown key(s) in {path}: {', '.join(unknown)}",
-            f"valid keys: {', '.join(sorted([*_SCALARS, *_SECTIONS]))}",
-        )
+    check_keys(table, [*_SCALARS, *_SECTIONS], str(path))
     values: dict[str, Any] = {"config_file": str(path)}
     for key, kind in _SCALARS.items():
         if key in table:
@@ -131,3 +126,15 @@ def load_settings(
     settings = Settings(**values)
     settings.validate()
     return settings, table
+
+
+def check_keys(table: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    """Refuse (exit 2) keys of a configuration table that genaudit does not know, naming them
+    and the valid ones: a misspelled key must never be ignored silently."""
+    allowed = sorted(valid)
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"unknown key(s) in {where}: {', '.join(map(str, unknown))}",
+            f"valid keys: {', '.join(allowed)}",
+        )

@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 3
     NOTHING_TO_ANALYSE = 4
     INTERNAL = 70
+    INTERRUPTED = 130  # the shell's convention: 128 + SIGINT
 
 
 class GenauditError(Exception):
@@ -74,3 +75,11 @@ class NothingToAnalyseError(GenauditError):
 
 class NumericalError(NothingToAnalyseError):
     """A computation produced no usable number (exit 4)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), cut to
+    ``limit`` characters: what an error message quotes of a library's or user code's failure."""
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -11,7 +11,7 @@ import sys
 from types import FrameType
 from typing import Any, NoReturn
 
-INTERRUPTED = 130  # the shell's convention: 128 + SIGINT
+from ..errors import ExitCode
 
 
 class Interrupted(BaseException):
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except (Interrupted, KeyboardInterrupt):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt this
         sys.stderr.write("interrupted\n")
-        code = INTERRUPTED
+        code = int(ExitCode.INTERRUPTED)
     finally:
         signal.signal(signal.SIGINT, previous)
     sys.stdout.flush()
@@ -45,7 +45,7 @@ def _run(argv: list[str] | None) -> int:
     """Run the app without Click's standalone handling, and map what comes out to exit codes."""
     import typer
 
-    from ..errors import ExitCode, GenauditError
+    from ..errors import GenauditError
     from .root import STATE, app, click_exception_class
 
     click_exception = click_exception_class()

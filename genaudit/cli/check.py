@@ -224,7 +224,8 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
     from ..analysis.sdr import SDRResult, run_sdr
     from ..analysis.stretch import StretchResult, run_stretch
     from ..analysis.transforms import make_transform
-    from ..report.export import emit, envelope, to_json, write_atomic
+    from ..files import write_atomic
+    from ..report.export import emit, envelope, to_json
     from ..report.tables import drift_table, verdict_table
     from .common import prepare, progress
     from .sdr import sdr_tolerance

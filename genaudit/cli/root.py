@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from ..errors import ExitCode, GenauditError, UsageError
+from ..errors import ExitCode, GenauditError, UsageError, first_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -327,11 +327,11 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             # in-process runs (tests); the script's SIGINT handler raises ``Interrupted`` instead
             _stderr_line("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except Exception as exc:
             if STATE.debug:
                 raise
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = first_line(exc)
             print_error(
                 [
                     f"{type(exc).__name__}: {first}",

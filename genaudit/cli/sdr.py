@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import DEFAULT_TOLERANCE
+from ..config import DEFAULT_TOLERANCE, check_keys
 from ..errors import UsageError
 from ..model.levels import split_selectors
 from .options import (
@@ -122,11 +122,7 @@ def sdr_tolerance(table: dict[str, Any], flag: float | None) -> float:
         section = table.get("sdr", {})
         if not isinstance(section, dict):
             raise UsageError("[sdr] in the configuration must be a table")
-        unknown = sorted(set(section) - {"tolerance"})
-        if unknown:
-            raise UsageError(
-                f"unknown key(s) in [sdr]: {', '.join(unknown)}", "valid keys: tolerance"
-            )
+        check_keys(section, ["tolerance"], "[sdr]")
         value = section.get("tolerance", DEFAULT_TOLERANCE)
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise UsageError(f"the SDR tolerance must be a positive number (got {value!r})")

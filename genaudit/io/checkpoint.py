@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError
+from ..errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError, first_line
 from . import registry as zoo
 
 __all__ = [
@@ -289,12 +289,6 @@ def _fail(message: str, hint: str = _HINT_CORRUPT) -> CheckpointError:
     return CheckpointError(message.replace("\n", " "), hint)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "…"
-
-
 def _names(items: Sequence[str] | frozenset[str] | set[str], limit: int = _MAX_NAMES) -> str:
     ordered = sorted(items)
     shown = ", ".join(ordered[:limit])
@@ -398,11 +392,13 @@ def _probe_zip(path: Path) -> _Probe:
                 )
             data = zf.read(rel["data.pkl"])
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
-        raise _fail(f"{path} is a truncated or corrupt zip archive ({_first_line(exc)})") from None
+        raise _fail(
+            f"{path} is a truncated or corrupt zip archive ({first_line(exc, 160)})"
+        ) from None
     try:
         scan = _scan_pickle(io.BytesIO(data))
     except (ValueError, EOFError, struct.error) as exc:
-        raise _fail(f"{path} holds a corrupt pickle ({_first_line(exc)})") from None
+        raise _fail(f"{path} holds a corrupt pickle ({first_line(exc, 160)})") from None
     suspicious = scan.globals - _inert_globals()
     fmt = "pickled-module" if _is_module_like(scan, suspicious) else "torch-zip"
     return _Probe(path, fmt, suspicious=suspicious, zip_entries=names)
@@ -430,7 +426,7 @@ def _probe_pickle(path: Path) -> _Probe | None:
             scans = [_scan_pickle(fh) for _ in range(4)]
         except (ValueError, EOFError, struct.error, UnicodeDecodeError) as exc:
             raise _fail(
-                f"{path} is a truncated or corrupt legacy PyTorch file ({_first_line(exc)})"
+                f"{path} is a truncated or corrupt legacy PyTorch file ({first_line(exc, 160)})"
             ) from None
     merged = _PickleScan(
         frozenset().union(*(s.globals for s in scans)),
@@ -534,7 +530,8 @@ def _resolve_global(name: str) -> tuple[set[str], Any]:
             ) from None
         except Exception as exc:  # importing user-named code may fail in any way
             raise CheckpointError(
-                f"cannot import {module_name} for --allow-global {spec}: {_first_line(exc)}", hint
+                f"cannot import {module_name} for --allow-global {spec}: {first_line(exc, 160)}",
+                hint,
             ) from None
         try:
             for attr in qualname.split("."):
@@ -668,9 +665,9 @@ def _torch_load(path: Path, shown: str, safe: list[Any], *, weights_only: bool) 
                 "re-save it with torch.save(state_dict, path) (default pickle protocol) or as "
                 f"safetensors; otherwise {_HINT_TRUST}",
             ) from None
-        raise _fail(f"cannot unpickle {shown}: {_first_line(exc)}") from None
+        raise _fail(f"cannot unpickle {shown}: {first_line(exc, 160)}") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, … for corrupt files
-        raise _fail(f"cannot read {shown}: corrupt or truncated ({_first_line(exc)})") from None
+        raise _fail(f"cannot read {shown}: corrupt or truncated ({first_line(exc, 160)})") from None
 
 
 def _load_safetensors(path: Path, shown: str) -> dict[str, torch.Tensor]:
@@ -679,7 +676,7 @@ def _load_safetensors(path: Path, shown: str) -> dict[str, torch.Tensor]:
     try:
         return dict(load_file(str(path), device="cpu"))
     except Exception as exc:  # SafetensorError and friends for corrupt files
-        raise _fail(f"cannot read {shown}: corrupt safetensors ({_first_line(exc)})") from None
+        raise _fail(f"cannot read {shown}: corrupt safetensors ({first_line(exc, 160)})") from None
 
 
 def _read_sharded(probe: _Probe, shown: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -788,7 +785,7 @@ def read_checkpoint(
             with probe.path.open("rb") as fh:
                 return raw(pickle.load(fh), trusted=True)
         except Exception as exc:  # the file's own code may fail in any way
-            raise _fail(f"cannot unpickle {shown}: {_first_line(exc)}") from None
+            raise _fail(f"cannot unpickle {shown}: {first_line(exc, 160)}") from None
     raise CheckpointError(
         f"cannot load {shown}: {_DESCRIPTION[fmt]} is unsupported even when trusted",
         "save model.state_dict() (torch.save or safetensors) and pass --arch",
@@ -803,7 +800,9 @@ def _load_export(path: Path, shown: str) -> nn.Module:
             program = torch.export.load(str(path))
             return torch.export.unflatten(program)
     except Exception as exc:  # deserialisation of a foreign program may fail in any way
-        raise _fail(f"cannot load the torch.export archive {shown}: {_first_line(exc)}") from None
+        raise _fail(
+            f"cannot load the torch.export archive {shown}: {first_line(exc, 160)}"
+        ) from None
 
 
 def _load_torchscript_weights(path: Path, shown: str) -> dict[str, torch.Tensor]:
@@ -814,7 +813,9 @@ def _load_torchscript_weights(path: Path, shown: str) -> dict[str, torch.Tensor]
             scripted = torch.jit.load(str(path), map_location="cpu")
         return {k: v.detach() for k, v in scripted.state_dict().items()}
     except Exception as exc:
-        raise _fail(f"cannot load the TorchScript archive {shown}: {_first_line(exc)}") from None
+        raise _fail(
+            f"cannot load the TorchScript archive {shown}: {first_line(exc, 160)}"
+        ) from None
 
 
 def trust_warning(raw: RawCheckpoint) -> str:
@@ -1080,7 +1081,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
         model.load_state_dict(_filled(state_dict, expected), strict=True)
     except RuntimeError as exc:
         raise StateDictMismatchError(
-            f"the weights do not fit the model: {_first_line(exc)}",
+            f"the weights do not fit the model: {first_line(exc, 160)}",
             "check --arch / --arch-kwargs",
         ) from None
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ArchitectureError, ModelInputError, UsageError
+from ..errors import ArchitectureError, ModelInputError, UsageError, first_line
 from ..io import checkpoint as ckpt
 from ..io import registry as zoo
 from ..values import check_device
@@ -239,7 +239,7 @@ def _read_array_file(path: str, what: str) -> dict[str, torch.Tensor]:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure is an unusable input file
         raise ModelInputError(
-            f"cannot read {what} file {path}: {type(exc).__name__}: {_first_line(exc)}",
+            f"cannot read {what} file {path}: {type(exc).__name__}: {first_line(exc)}",
             "save a tensor with torch.save, numpy.save or safetensors",
         ) from None
     if isinstance(obj, torch.Tensor):
@@ -247,11 +247,6 @@ def _read_array_file(path: str, what: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {str(k): v for k, v in obj.items()}
     raise ModelInputError(f"{what} file {path} holds {type(obj).__name__}, not a tensor")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def read_tensor_file(path: str, what: str) -> torch.Tensor:
@@ -542,7 +537,7 @@ def trial_forward(model: nn.Module, source: InputSource, device: torch.device) -
             return model(*inputs)
     except Exception as exc:  # whatever the model raises, the inputs did not fit it
         shapes = ", ".join("×".join(map(str, t.shape)) for t in inputs)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         raise ModelInputError(
             f"the model failed on inputs of shape {shapes}: {type(exc).__name__}: {first}"[:400],
             "pass --z-shape, --latents, --sampler or --inputs to match what the model expects",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -14,6 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
+from ..files import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -86,32 +86,6 @@ def check_destination(target: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {target}: {existing} is not a folder")
     if not os.access(existing, os.W_OK):
         raise UsageError(f"{flag} {target}: folder {existing} is not writable")
-
-
-def write_atomic(target: str | Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename: all or nothing.
-
-    Missing parent folders are created.
-    """
-    path = Path(target)
-    payload = data if isinstance(data, bytes) else data.encode("utf-8")
-    if str(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        # mkstemp creates the file 0600; give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def emit(target: str, text: str) -> None:

@@ -46,7 +46,8 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from ..analysis.stretch import StretchLayerResult, StretchResult
 from ..errors import UsageError
-from .export import GRID_SUFFIXES, check_suffix, write_atomic
+from ..files import write_atomic
+from .export import GRID_SUFFIXES, check_suffix
 
 # A box in pixels as Pillow's ``crop`` takes it: (left, top, right, bottom), right/bottom excluded.
 Box = tuple[int, int, int, int]

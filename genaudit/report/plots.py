@@ -20,7 +20,8 @@ import numpy as np
 from ..analysis.compare import Comparison
 from ..analysis.sdr import LayerSDR, SDRResult
 from ..errors import UsageError
-from .export import PLOT_SUFFIXES, check_suffix, write_atomic
+from ..files import write_atomic
+from .export import PLOT_SUFFIXES, check_suffix
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
