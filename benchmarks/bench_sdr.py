@@ -40,8 +40,8 @@ import common
 import numpy as np
 import torch
 
+from genaudit.analysis.accumulators import SpectrumAccumulator
 from genaudit.analysis.sdr import collect_statistics, layer_sdr, run_sdr
-from genaudit.analysis.spectral import SpectrumAccumulator
 from genaudit.model.layers import LayerRecord
 
 SCRIPT = Path(__file__).resolve()

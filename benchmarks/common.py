@@ -29,8 +29,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from genaudit.io import registry as zoo  # noqa: E402
+from genaudit.model.inputs import InputSource, latent_source  # noqa: E402
 from genaudit.model.layers import LayerRecord, walk_layers  # noqa: E402
-from genaudit.model.loading import InputSource, latent_source, resolve_device  # noqa: E402
+from genaudit.model.loading import resolve_device  # noqa: E402
 
 
 def cpu_model() -> str:

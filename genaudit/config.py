@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .values import MAX_SEED
 
 
 def _toml() -> Any:
@@ -58,6 +59,8 @@ class Settings:
             raise UsageError(f"batch size must be at least 1 (got {self.batch_size})")
         if self.num_samples < 1:
             raise UsageError(f"number of samples must be at least 1 (got {self.num_samples})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"the seed must be an integer from 0 to 2**64 - 1 (got {self.seed})")
 
 
 _SCALARS: dict[str, type] = {"seed": int, "device": str, "batch_size": int, "num_samples": int}

@@ -31,7 +31,7 @@ SMALL_GENERATOR = {"ngf": 4, "nz": 8, "image_size": 32}
 def gen(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A self-describing safetensors checkpoint of :data:`SMALL_GENERATOR`."""
     from genaudit.io import registry as zoo
-    from genaudit.io.checkpoint import save_safetensors
+    from genaudit.io.writing import save_safetensors
 
     torch.manual_seed(0)
     model = zoo.build("dcgan_generator", SMALL_GENERATOR)

@@ -1,6 +1,7 @@
 """Dense reference SDR (docs/method.md): straightforward numpy float64, one FFT per pair.
 
-Independent of ``genaudit.analysis.spectral`` on purpose: no lags, no rfft, no folding. A transposed
+Independent of genaudit's spectral modules on purpose (``genaudit.analysis.spectral``,
+``kernel_power``, ``kernel_lags``, …): no lags, no rfft, no folding. A transposed
 convolution with stride s is handled on the upsampled grid sM itself: the input is
 zero-inserted, every kernel is zero-padded onto sM and every bin that aliases the input's zero
 frequency (all ν ≡ 0 mod M) is excluded from the averages.

@@ -25,18 +25,10 @@ from genaudit.errors import (
     UnsafeCheckpointError,
 )
 from genaudit.io import registry as zoo
-from genaudit.io.checkpoint import (
-    FORMATS,
-    RawCheckpoint,
-    arch_from_metadata,
-    detect_format,
-    find_state_dicts,
-    load_into,
-    read_checkpoint,
-    save_safetensors,
-    select_state_dict,
-    trust_warning,
-)
+from genaudit.io.formats import FORMATS, detect_format
+from genaudit.io.reading import RawCheckpoint, read_checkpoint
+from genaudit.io.state_dicts import find_state_dicts, load_into, select_state_dict
+from genaudit.io.writing import arch_from_metadata, save_safetensors
 
 pytestmark = pytest.mark.filterwarnings(
     # Building TorchScript / torch.package fixtures goes through deprecated torch APIs.
@@ -659,9 +651,6 @@ def test_trusted_pickled_module(tmp_path: Path, model: nn.Module, sd: dict) -> N
     assert isinstance(dict(raw.obj.named_modules())["main.0"], nn.ConvTranspose2d)
     assert hook_fires(raw.obj, "main.0", torch.randn(2, 8, 1, 1))
     assert find_state_dicts(raw.obj)[""].keys() == sd.keys()
-    warning = trust_warning(raw)
-    assert "--trust-checkpoint" in warning and path.name in warning
-    assert trust_warning(read_checkpoint(WRITERS["torch-zip"](sd, tmp_path))) == ""
 
 
 def test_trusted_export(export_file: tuple[Path, dict]) -> None:
@@ -860,15 +849,20 @@ def test_save_refuses_unregistered_arch(tmp_path: Path, sd: dict) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_is_atomic(tmp_path: Path, sd: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failing", ["serialising", "renaming"])
+def test_save_is_atomic(
+    failing: str, tmp_path: Path, sd: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "g.safetensors"
     path.write_bytes(b"the good old file")
 
-    def broken_save(tensors: dict, filename: str, metadata: dict | None = None) -> None:
-        Path(filename).write_bytes(b"partial")
+    def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    if failing == "serialising":
+        monkeypatch.setattr(safetensors.torch, "save", disk_full)
+    else:  # the new file is complete in its temporary name when the rename fails
+        monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(OSError, match="disk full"):
         save_safetensors(sd, path)
     assert path.read_bytes() == b"the good old file"

@@ -118,7 +118,7 @@ def test_toy_arch_by_import_path(tmp_path: Path) -> None:
         (lambda p: p, 3, "does not exist"),
         (lambda p: (p.mkdir(), p)[1], 3, "directory"),
         (lambda p: (p.write_bytes(b""), p)[1], 3, "empty"),
-        (lambda p: (p.write_bytes(b"\x00garbage" * 10), p)[1], 3, ""),
+        (lambda p: (p.write_bytes(b"\x00garbage" * 10), p)[1], 3, "not a readable checkpoint"),
     ],
     ids=["missing", "directory", "empty", "garbage"],
 )

@@ -111,3 +111,10 @@ def test_progress_bars_are_silent_when_stderr_is_not_a_terminal(gen: str) -> Non
         res = run(*args)
         assert res.exit_code in (0, 1), res.output
         assert "sampling" not in res.stderr and "━" not in res.stderr
+
+
+@pytest.mark.parametrize("seed", ["0", str(2**44), str(2**64 - 1)])
+def test_every_64_bit_seed_works(gen: str, seed: str) -> None:
+    res = run("sdr", gen, "--num-samples", "4", "--batch-size", "4", "--seed", seed, "--json", "-")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["config"]["seed"] == int(seed)

@@ -131,7 +131,7 @@ def test_debug_prints_the_traceback_before_or_after_the_command(tmp_path: Path, 
     assert plain.stderr.startswith("error: ") and len(plain.stderr.strip().splitlines()) <= 2
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 3.0])
+@pytest.mark.parametrize("delay", [0.2, 0.3, 0.45, 0.8, 1.5, 3.0])
 def test_ctrl_c_at_any_moment_prints_interrupted_and_exits_130(
     tmp_path: Path, delay: float
 ) -> None:

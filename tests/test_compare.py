@@ -28,15 +28,9 @@ from genaudit.analysis.compare import (
 from genaudit.analysis.sdr import LayerSDR, SDRResult, Summary, run_sdr
 from genaudit.errors import ExitCode, NothingToAnalyseError, UsageError
 from genaudit.io import registry as zoo
+from genaudit.model.inputs import InputOptions, InputSource, generated_source, make_input_source
 from genaudit.model.layers import LayerRecord, walk_layers
-from genaudit.model.loading import (
-    InputOptions,
-    InputSource,
-    LoadOptions,
-    generated_source,
-    load_model,
-    make_input_source,
-)
+from genaudit.model.loading import LoadOptions, load_model
 
 CPU = torch.device("cpu")
 SAMPLES = 64

@@ -26,6 +26,7 @@ from torch import Tensor
 from typer.testing import CliRunner
 
 from genaudit.analysis import distributed
+from genaudit.analysis.accumulators import SpectrumAccumulator
 from genaudit.analysis.distributed import (
     BACKEND_ENV,
     DistributedRun,
@@ -35,12 +36,11 @@ from genaudit.analysis.distributed import (
     shard_ranges,
 )
 from genaudit.analysis.sdr import collect_statistics
-from genaudit.analysis.spectral import SpectrumAccumulator
 from genaudit.cli import app
 from genaudit.errors import UsageError
 from genaudit.io import registry as zoo
+from genaudit.model.inputs import latent_source
 from genaudit.model.layers import walk_layers
-from genaudit.model.loading import latent_source
 
 CPU = torch.device("cpu")
 GENERATOR = str(FIXTURES / "dcgan64_generator.safetensors")

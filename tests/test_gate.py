@@ -1,11 +1,14 @@
 """genaudit.gate without the command line: rules, configuration errors, targets, evaluation,
-drift, baselines and the CI formats (JUnit XML, GitHub annotations, step summary)."""
+drift, baselines, the CI formats (JUnit XML, GitHub annotations, step summary) and a whole run."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ import torch
 from genaudit import gate
 from genaudit.errors import ExitCode, InvalidInputError, NothingToAnalyseError, UsageError
 from genaudit.io import registry as zoo
+from genaudit.model.inputs import InputOptions, InputSource, make_input_source
 from genaudit.model.layers import LayerRecord, walk_layers
+from genaudit.model.loading import LoadedModel
 
 KW = {"ngf": 4, "nz": 8, "image_size": 32, "nc": 1}
 
@@ -32,7 +37,7 @@ def config(check: dict, **flags: object) -> gate.CheckConfig:
 
 
 def rule(metric: str, select: str = "all", lo: float | None = None, hi: float | None = None,
-         severity: str = "fail", index: int = 1) -> gate.Rule:  # fmt: skip
+         severity: gate.Severity = "fail", index: int = 1) -> gate.Rule:  # fmt: skip
     return gate.Rule(metric, (select,), lo, hi, severity, "test", index)
 
 
@@ -87,14 +92,17 @@ def test_drift_stretch_and_baseline_settings(tmp_path: Path) -> None:
         ({"rules": [{"metric": "sdr.sd_log10"}]}, ["give min, max or both"]),
         ({"rules": [{"metric": "sdr.sd_log10", "max": 1, "severity": "error"}]}, ["severity"]),
         ({"rules": [{"metric": "sdr.sd_log10", "max": 1, "levels": "fine"}]},
-         ["unknown key(s) levels", "valid keys: metric, select, min, max, severity"]),
+         ["unknown key(s) in rule 1 ([[check.rules]] #1) in genaudit.toml: levels",
+          "valid keys: max, metric, min, select, severity"]),
         ({"rules": [{"max": 1}]}, ["metric is missing"]),
         ({"rules": [{"metric": "sdr.sd_log10", "max": 1, "select": []}]}, ["select is empty"]),
         ({"rules": {"metric": "sdr.sd_log10"}}, ["array of tables"]),
-        ({"rule": []}, ["unknown key(s)", "rule", "valid keys: rules"]),
+        ({"rule": []}, ["unknown key(s) in [check] in genaudit.toml: rule",
+                        "valid keys: baseline, default_rules, drift, fail_on_warn, rules"]),
         ({"drift": {"sdr.spread": 0.1}}, ["unknown metric 'sdr.spread'"]),
         ({"drift": {"sdr.sd_log10": -1}}, ["number >= 0"]),
-        ({"stretch": {"scale": 2}}, ["scale", "valid keys: axis, factor"]),
+        ({"stretch": {"scale": 2}}, ["unknown key(s) in [check.stretch] in genaudit.toml: scale",
+                                     "valid keys: axis, factor"]),
         ({"fail_on_warn": "yes"}, ["true or false"]),
         ({"default_rules": False}, ["no rules to check"]),
     ],
@@ -211,7 +219,8 @@ def test_evaluation_bounds_and_nan(records: list[LayerRecord]) -> None:
     result = gate.GateResult(tuple(rules), tuple(e[:2]), (), fail_on_warn=False)
     assert (result.verdict, result.exit_code) == ("warn", 0)
     strict = gate.GateResult(tuple(rules), tuple(e[:2]), (), fail_on_warn=True)
-    assert (strict.verdict, strict.exit_code) == ("fail", 1)
+    assert (strict.verdict, strict.exit_code) == ("fail", ExitCode.GATE_FAILED)
+    assert result.exit_code is ExitCode.OK and strict.to_dict()["exit_code"] == 1
     assert "--fail-on-warn" in strict.summary_line()
     failed = gate.GateResult(tuple(rules), tuple(e), (), fail_on_warn=False)
     assert failed.exit_code == 1 and failed.to_dict()["counts"]["fail"] == 2
@@ -282,9 +291,10 @@ def test_baseline_round_trip_and_fingerprint(records: list[LayerRecord], tmp_pat
         (_fp(records, arch_kwargs={**KW, "ngf": 8}), "arch_kwargs"),
         (_fp(records[:-1]), "layer 3 is main.9"),
     ]:
-        with pytest.raises(InvalidInputError) as info:
+        with pytest.raises(gate.BaselineError) as info:
             gate.check_fingerprint(base, other)
         assert info.value.exit_code == ExitCode.INVALID_INPUT
+        assert info.value.problem == "architecture" and info.value.hint is None
         assert "different architecture" in info.value.message and words in info.value.message
 
 
@@ -302,8 +312,9 @@ def test_bad_baselines(tmp_path: Path, content: str | None, words: str) -> None:
     path = tmp_path / "b.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(InvalidInputError, match=words):
+    with pytest.raises(gate.BaselineError, match=words) as info:
         gate.read_baseline(str(path))
+    assert isinstance(info.value, InvalidInputError) and info.value.problem == "unreadable"
 
 
 def test_baseline_settings_must_match() -> None:
@@ -391,6 +402,22 @@ def test_github_annotations_and_summary() -> None:
     assert md.endswith("\n\n")
 
 
+def test_github_actions_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Annotations only on GitHub Actions; the step summary wherever its file is named."""
+    summary = tmp_path / "summary.md"
+    stream = io.StringIO()
+    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
+        monkeypatch.delenv(name, raising=False)
+    gate.write_to_github_actions(["::error ::x"], "## md\n", stream)
+    assert stream.getvalue() == "" and not summary.exists()
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    gate.write_to_github_actions(["::error ::x", "::warning ::y"], "## md\n", stream)
+    gate.write_to_github_actions([], "## more\n", stream)
+    assert stream.getvalue() == "::error ::x\n::warning ::y\n"
+    assert summary.read_text() == "## md\n## more\n"  # appended
+
+
 def test_help_lists_everything() -> None:
     text = gate.metrics_help() + gate.default_rules_help() + gate.drift_help()
     for name in gate.METRICS:
@@ -417,3 +444,69 @@ def test_json_safe_to_dict() -> None:
     assert doc["verdict"] == "fail" and doc["counts"] == {
         "checks": 3, "pass": 1, "warn": 1, "fail": 1, "drift_checks": 2, "drift_fail": 1,
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- running the gate
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[LoadedModel, InputSource, list[LayerRecord]]:
+    """The small DCGAN as the command line would hand it to the gate."""
+    torch.manual_seed(0)
+    model = zoo.build("dcgan_generator", KW).eval()
+    source = make_input_source(model, InputOptions(seed=0))
+    loaded = LoadedModel(model, Path("g.safetensors"), "00", "safetensors", None,
+                         "dcgan_generator", KW, None, False)  # fmt: skip
+    return loaded, source, walk_layers(model, next(source.batches(2, 2)))
+
+
+def _settings(cfg: gate.CheckConfig) -> gate.RunSettings:
+    return gate.RunSettings(seed=0, num_samples=8, batch_size=4, device=torch.device("cpu"),
+                            tolerance=0.1, transform=gate.stretch_transform(cfg))  # fmt: skip
+
+
+def test_run_gate_writes_and_compares_a_baseline(
+    small: tuple[LoadedModel, InputSource, list[LayerRecord]], tmp_path: Path
+) -> None:
+    loaded, source, records = small
+    rules = ["sdr.sd_log10:fine::10", "stretch.rel_mse:fine::100"]
+    cfg = gate.parse_check_config({}, rule_flags=rules, default_rules=False)
+    shown: list[tuple[str, int]] = []
+
+    @contextmanager
+    def progress(label: str, total: int) -> Iterator[None]:
+        shown.append((label, total))
+        yield None
+
+    run = gate.run_gate(loaded, records, source, _settings(cfg), cfg, name="g.safetensors",
+                        for_baseline=True, progress=progress)  # fmt: skip
+    assert shown == [("sampling", 8), ("stretch", 8)]
+    assert run.result.verdict == "pass" and len(run.result.evaluations) == 2
+    assert run.fingerprint == gate.fingerprint("dcgan_generator", KW, None, records)
+    # writing a baseline analyses every layer, not only those the rules select
+    assert set(run.metrics.layers) == {r.name for r in records}
+    assert run.baseline_document is not None
+    path = tmp_path / "b.json"
+    path.write_text(run.baseline_document)
+    again = gate.parse_check_config({}, rule_flags=rules, default_rules=False, baseline=str(path))
+    same = gate.run_gate(loaded, records, source, _settings(again), again, name="g.safetensors")
+    assert same.baseline_document is None  # not asked for
+    assert same.result.drift and not same.result.drifted  # the same run: no drift at all
+    assert same.result.to_dict()["drift"]["baseline"] == str(path)
+
+
+def test_run_gate_failures(small: tuple[LoadedModel, InputSource, list[LayerRecord]]) -> None:
+    loaded, source, records = small
+    cfg = gate.parse_check_config({}, rule_flags=["sdr.generic_fraction:fine:1.5"],
+                                  default_rules=False)  # fmt: skip
+    run = gate.run_gate(loaded, records, source, _settings(cfg), cfg, name="g.safetensors",
+                        for_baseline=True)  # fmt: skip
+    assert run.result.verdict == "fail" and run.result.exit_code is ExitCode.GATE_FAILED
+    assert run.baseline_document is None  # a failed gate never replaces a baseline
+    missing = gate.parse_check_config({}, baseline="nowhere.json")
+    with pytest.raises(gate.BaselineError, match=r"nowhere\.json does not exist"):
+        gate.run_gate(loaded, records, source, _settings(missing), missing, name="g")
+    image_only = gate.Rule("sdr.sd_log10", ("intermediate",), None, 1.0, "warn", "default", 1)
+    nothing = gate.CheckConfig((image_only,), {}, False, None, dict(cfg.stretch), True)
+    with pytest.raises(NothingToAnalyseError, match=r"no rule applies to g\.safetensors"):
+        gate.run_gate(loaded, records, source, _settings(nothing), nothing, name="g.safetensors")

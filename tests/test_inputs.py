@@ -11,7 +11,7 @@ from torch import nn
 
 from genaudit.errors import ModelInputError, UsageError
 from genaudit.io import registry as zoo
-from genaudit.model.loading import (
+from genaudit.model.inputs import (
     InputOptions,
     infer_latent_shape,
     latent_source,

@@ -3,6 +3,8 @@ output is spatially smaller than their input (encoders, discriminators), and wha
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import torch
 import toy_models
@@ -14,9 +16,10 @@ from genaudit.analysis.sdr import run_sdr
 from genaudit.analysis.stretch import STRETCH_LEVELS, choose_stretch_layers, default_stretch_layers
 from genaudit.errors import UsageError
 from genaudit.io import registry as zoo
+from genaudit.model.inputs import InputOptions, make_input_source
 from genaudit.model.layers import LayerRecord, assign_levels, select_layers, walk_layers
-from genaudit.model.levels import ALL_LEVELS, HIDDEN_LEVELS, READOUT_LEVEL
-from genaudit.model.loading import InputOptions, LoadOptions, load_model, make_input_source
+from genaudit.model.levels import ALL_LEVELS, HIDDEN_LEVELS, READOUT_LEVEL, Level, is_level
+from genaudit.model.loading import LoadOptions, load_model
 
 
 def _walk(model: nn.Module, *shapes: tuple[int, ...]) -> list[LayerRecord]:
@@ -26,12 +29,17 @@ def _walk(model: nn.Module, *shapes: tuple[int, ...]) -> list[LayerRecord]:
 def _fixture_records(name: str) -> list[LayerRecord]:
     loaded = load_model(FIXTURES / f"{name}.safetensors", LoadOptions())
     source = make_input_source(loaded.model, InputOptions())
-    first = next(source.batches(2, 2, torch.device("cpu")))
-    return walk_layers(loaded.model, first)
+    return walk_layers(loaded.model, source.first_batch())
 
 
 def _last_conv(records: list[LayerRecord]) -> LayerRecord:
     return [r for r in records if r.is_conv][-1]
+
+
+def test_the_level_type_names_every_level_in_order() -> None:
+    assert get_args(Level) == ALL_LEVELS
+    assert set(HIDDEN_LEVELS) < set(ALL_LEVELS)
+    assert is_level("readout") and not is_level("hidden")
 
 
 # --------------------------------------------------------------------------- the fixtures

@@ -19,23 +19,19 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from genaudit.analysis import spectral
+from genaudit.analysis.accumulators import SpectrumAccumulator
 from genaudit.analysis.sdr import SDRResult, run_sdr
 from genaudit.cli import app
 from genaudit.errors import NothingToAnalyseError
 from genaudit.io import registry as zoo
-from genaudit.io.checkpoint import save_safetensors
+from genaudit.io.writing import save_safetensors
 from genaudit.model.hooks import has_hooks
+from genaudit.model.inputs import latent_source
 from genaudit.model.layers import walk_layers
-from genaudit.model.loading import latent_source
 
 CPU = torch.device("cpu")
 KW = {"ngf": 4, "nz": 8, "image_size": 32}
 runner = CliRunner()
-
-
-def test_out_of_memory_is_cudas_error() -> None:
-    assert issubclass(torch.cuda.OutOfMemoryError, torch.OutOfMemoryError)
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +72,15 @@ SOURCE = latent_source((8, 1, 1), seed=3)
 _RECORDS: dict[int, list] = {}
 
 
-def _sdr(model: nn.Module, batch: int, n: int = 48) -> SDRResult:
+def _records(model: nn.Module) -> list:
     # the layers are walked before any of them is made to fail
     if id(model) not in _RECORDS:
         _RECORDS[id(model)] = walk_layers(model, SOURCE.batch(0, 2))
-    records = _RECORDS[id(model)]
-    return run_sdr(model, records, SOURCE, num_samples=n, batch_size=batch, device=CPU)
+    return _RECORDS[id(model)]
+
+
+def _sdr(model: nn.Module, batch: int, n: int = 48) -> SDRResult:
+    return run_sdr(model, _records(model), SOURCE, num_samples=n, batch_size=batch, device=CPU)
 
 
 def _values(result: SDRResult) -> list[np.ndarray]:
@@ -128,6 +127,25 @@ def test_oom_at_batch_size_one_is_a_clear_error(model: nn.Module) -> None:
     assert not has_hooks(model)
 
 
+def test_only_out_of_memory_halves_the_batch(model: nn.Module) -> None:
+    """Any other error of a forward pass is the model's: raised at once, never retried."""
+    _records(model)
+    sizes: list[int] = []
+
+    def hook(_m: nn.Module, args: tuple) -> None:
+        sizes.append(int(args[0].shape[0]))
+        raise RuntimeError("shape mismatch (simulated)")
+
+    handle = model.get_submodule("main.6").register_forward_pre_hook(hook)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            _sdr(model, batch=16, n=32)
+    finally:
+        handle.remove()
+    assert sizes == [16]
+    assert not has_hooks(model)
+
+
 @pytest.fixture(scope="module")
 def gen(tmp_path_factory: pytest.TempPathFactory, model: nn.Module) -> str:
     path = tmp_path_factory.mktemp("ckpt") / "g.safetensors"
@@ -136,14 +154,14 @@ def gen(tmp_path_factory: pytest.TempPathFactory, model: nn.Module) -> str:
 
 
 def _fail_above(limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = spectral.SpectrumAccumulator.add
+    original = SpectrumAccumulator.add
 
-    def add(self: spectral.SpectrumAccumulator, v: torch.Tensor) -> None:
+    def add(self: SpectrumAccumulator, v: torch.Tensor) -> None:
         if v.shape[0] > limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         original(self, v)
 
-    monkeypatch.setattr(spectral.SpectrumAccumulator, "add", add)
+    monkeypatch.setattr(SpectrumAccumulator, "add", add)
 
 
 def test_cli_reports_the_halvings(gen: str, tmp_path: Path, monkeypatch) -> None:

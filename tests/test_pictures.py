@@ -1,4 +1,7 @@
-"""Stretch grids drawn with Pillow, read back from the written files."""
+"""Stretch grids drawn with Pillow, read back from the written files, and their parts.
+
+The grids are genaudit.report.pictures; their parts are colours, panels, picture_layout.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +16,23 @@ from PIL import Image, ImageChops, ImageDraw
 from genaudit.analysis.stretch import StretchLayerResult, StretchResult, StretchSamples
 from genaudit.analysis.transforms import stretch
 from genaudit.errors import UsageError
+from genaudit.report.colours import BACKGROUND, MAGMA, apply_colour_map
 from genaudit.report.export import GRID_SUFFIXES
-from genaudit.report.pictures import (
-    BACKGROUND,
+from genaudit.report.panels import display_range
+from genaudit.report.picture_layout import (
     LABEL_SIZE,
-    MAGMA,
     RenderedGrid,
-    apply_colour_map,
     compose_grid,
-    difference_path,
-    display_range,
     format_ticks,
-    layer_label,
     load_font,
     nice_ticks,
+    wrap_label,
+)
+from genaudit.report.pictures import (
+    difference_path,
+    layer_label,
     render_difference_grid,
     render_stretch_grid,
-    wrap_label,
     write_stretch_grids,
 )
 

@@ -22,8 +22,8 @@ from genaudit.analysis.compare import Comparison, compare_results
 from genaudit.analysis.sdr import SDRResult, run_sdr
 from genaudit.errors import UsageError
 from genaudit.io import registry as zoo
+from genaudit.model.inputs import generated_source, latent_source
 from genaudit.model.layers import walk_layers
-from genaudit.model.loading import generated_source, latent_source
 from genaudit.report.export import PLOT_SUFFIXES
 from genaudit.report.plots import (
     BINS,

@@ -1,4 +1,7 @@
-"""The tables of :mod:`genaudit.report.tables` at 80, 120 and 200 columns.
+"""The report tables at 80, 120 and 200 columns, and the layout helpers that fit them.
+
+The builders are in :mod:`genaudit.report.tables` and :mod:`genaudit.report.sdr_tables`, the
+helpers (shortened names, layer ranges) in :mod:`genaudit.report.layout`.
 
 Golden text at 80 and 120 columns for every table (``tests/golden/NAME.WIDTH.txt``), built from
 the bundled fixtures through the library on the CPU; at every width: no line wider than the
@@ -36,14 +39,10 @@ from genaudit.analysis.sdr import SDRResult, run_sdr
 from genaudit.analysis.stretch import choose_stretch_layers, run_stretch
 from genaudit.analysis.transforms import make_transform
 from genaudit.io import registry as zoo
+from genaudit.model.inputs import InputOptions, generated_source, make_input_source
 from genaudit.model.layers import walk_layers
-from genaudit.model.loading import (
-    InputOptions,
-    LoadOptions,
-    generated_source,
-    load_model,
-    make_input_source,
-)
+from genaudit.model.loading import LoadOptions, load_model
+from genaudit.report import layout, sdr_tables
 from genaudit.report import tables as report
 
 TESTS = Path(__file__).parent
@@ -173,8 +172,8 @@ def tables() -> dict[str, Callable[[int], Table]]:
             title="dcgan64_generator.safetensors: 5 layers (dcgan_generator)",
             width=w,
         ),
-        "sdr_table": lambda w: report.sdr_table(dcgan_sdr, title=sdr_title, width=w),
-        "levels_table": lambda w: report.levels_table(
+        "sdr_table": lambda w: sdr_tables.sdr_table(dcgan_sdr, title=sdr_title, width=w),
+        "levels_table": lambda w: sdr_tables.levels_table(
             dcgan_sdr, title="per level (pairs of all its layers pooled)", width=w
         ),
         "stretch_table": lambda w: report.stretch_table(
@@ -294,37 +293,35 @@ def test_every_table_at_a_very_narrow_console(tables: dict[str, Callable[[int], 
 
 
 def test_report_imports_without_torch() -> None:
-    code = "import sys, genaudit.report.tables; assert 'torch' not in sys.modules"
+    modules = "genaudit.report.tables, genaudit.report.layout, genaudit.report.sdr_tables"
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
-# --------------------------------------------------------------------------- names
 
 
 def test_shorten_middle_keeps_both_ends() -> None:
     name = "encoder.blocks.11.layers.3.attn.proj"
-    assert report.shorten_middle(name, 27) == "encoder.blocks.11…attn.proj"
-    assert report.shorten_middle(name, 100) == name
-    assert report.shorten_middle("main.12", 7) == "main.12"
+    assert layout.shorten_middle(name, 27) == "encoder.blocks.11…attn.proj"
+    assert layout.shorten_middle(name, 100) == name
+    assert layout.shorten_middle("main.12", 7) == "main.12"
     for width in range(1, len(name)):
-        short = report.shorten_middle(name, width)
+        short = layout.shorten_middle(name, width)
         assert cell_len(short) <= width and short.count("…") == 1
         head, tail = short.split("…")
         assert name.startswith(head) and name.endswith(tail)
     # whole components go first; among them, the run with the fewest indices
     deep = "encoder.stages.0.blocks.3.residual_layers.0"
-    assert report.shorten_middle(deep, 30) == "encoder…3.residual_layers.0"
+    assert layout.shorten_middle(deep, 30) == "encoder…3.residual_layers.0"
     # a name without dots loses characters from its middle
-    assert report.shorten_middle("upsampling_final_convolution", 15) == "upsampl…olution"
+    assert layout.shorten_middle("upsampling_final_convolution", 15) == "upsampl…olution"
 
 
 def test_layer_range() -> None:
-    assert report.layer_range_text([]) == "0 layers"
-    assert report.layer_range_text(["main.3"]) == "1 layer: main.3"
-    assert report.layer_range_text(["a.1", "a.2"]) == "2 layers: a.1, a.2"
+    assert layout.layer_range_text([]) == "0 layers"
+    assert layout.layer_range_text(["main.3"]) == "1 layer: main.3"
+    assert layout.layer_range_text(["a.1", "a.2"]) == "2 layers: a.1, a.2"
     names = [f"blocks.{k}.conv{j}" for k in range(13) for j in (1, 2)]
-    assert report.layer_range_text(names) == "26 layers: blocks.0.conv1 … blocks.12.conv2"
-    assert report.layer_range_text(names, 10) == "26 layers: bl…conv1 … bloc…conv2"
+    assert layout.layer_range_text(names) == "26 layers: blocks.0.conv1 … blocks.12.conv2"
+    assert layout.layer_range_text(names, 10) == "26 layers: bl…conv1 … bloc…conv2"
 
 
 # --------------------------------------------------------------------------- deep models
@@ -392,7 +389,7 @@ def test_deep_model_levels_are_counts_and_ranges(deep: tuple[list[Any], SDRResul
     assert len(levels["linear"].layers) == 12
     assert max(len(lv.layers) for lv in result.levels) > 30
     for width in ALL_WIDTHS:
-        table = report.levels_table(result, title="per level", width=width)
+        table = sdr_tables.levels_table(result, title="per level", width=width)
         text = check_fits(table, width)
         for lv in result.levels:
             n = len(lv.layers)
@@ -402,9 +399,9 @@ def test_deep_model_levels_are_counts_and_ranges(deep: tuple[list[Any], SDRResul
         # as many lines as levels, and at most 3 more for each (a wrapped range)
         body = text.split("─\n", 1)[1].split("left out")[0].strip("\n").splitlines()
         assert len(body) <= 4 * len(result.levels), text
-    wide = render(report.levels_table(result, width=200), 200)
+    wide = render(sdr_tables.levels_table(result, width=200), 200)
     for lv in result.levels:
-        assert report.layer_range_text(lv.layers) in wide
+        assert layout.layer_range_text(lv.layers) in wide
     # a level of trace-method layers gives the range of its ratios, the same numbers as the JSON
     ratios = levels["linear"].trace_ratios
     assert f"ratios from {min(ratios):.3f} to {max(ratios):.3f}" in wide
@@ -416,7 +413,7 @@ def test_deep_model_per_layer_tables_stay_one_line_per_layer(
     records, result, stretch = deep
     for width in ALL_WIDTHS:
         for table in (
-            report.sdr_table(result, title="deep", width=width),
+            sdr_tables.sdr_table(result, title="deep", width=width),
             report.stretch_table(stretch, title="deep", width=width),
         ):
             text = check_fits(table, width)
@@ -427,7 +424,7 @@ def test_deep_model_per_layer_tables_stay_one_line_per_layer(
         indices = [int(m.group(1)) for m in re.finditer(r"(?m)^\s*(\d+) ", text)]
         assert indices == [r.index for r in records]
     # long names are shortened from the middle: the beginning and the whole last component kept
-    table = report.sdr_table(result, width=80)
+    table = sdr_tables.sdr_table(result, width=80)
     shown = next(cells for header, _, cells in _columns(table) if header == "layer")
     assert len(shown) == len(records)
     shortened = 0

@@ -13,12 +13,13 @@ import toy_models
 from dense_reference import dense_sdr
 from torch import nn
 
-from genaudit.analysis.sdr import histogram, run_sdr
-from genaudit.analysis.spectral import mechanism_matrix, trace_ratio
+from genaudit.analysis.sdr import Samples, histogram, run_sdr
+from genaudit.analysis.trace_method import mechanism_matrix, trace_ratio
+from genaudit.errors import ModelInputError
 from genaudit.io import registry as zoo
 from genaudit.model.hooks import has_hooks
+from genaudit.model.inputs import latent_source
 from genaudit.model.layers import walk_layers
-from genaudit.model.loading import latent_source
 
 CPU = torch.device("cpu")
 
@@ -96,6 +97,35 @@ def test_levels_pool_the_pairs_of_their_layers() -> None:
             assert lv.summary.mean_log10 == pytest.approx(layer.summary.mean_log10)
         else:
             assert lv.trace_ratios == (layer.ratio,)
+
+
+class TensorSamples:
+    """Inputs held in tensors, made without the model loader: all ``run_sdr`` asks of them."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+        self.available = int(tensors[0].shape[0])
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[start:stop] for t in self.tensors)
+
+
+def test_any_module_with_inputs_held_in_tensors() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.ConvTranspose2d(3, 4, 4, 2, 1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)
+    ).eval()
+    loader_source = latent_source((3, 4, 4), seed=5)
+    plain: Samples = TensorSamples(*loader_source.batch(0, 20))
+    records = walk_layers(model, plain.batch(0, 2))
+    result = run_sdr(model, records, plain, num_samples=20, batch_size=8, device=CPU)
+    same = run_sdr(model, records, loader_source, num_samples=20, batch_size=8, device=CPU)
+    assert [x.analysis for x in result.layers] == ["sdr", "sdr"]
+    for got, expected in zip(result.layers, same.layers, strict=True):
+        assert got.values is not None and expected.values is not None
+        np.testing.assert_array_equal(got.values, expected.values)
+    with pytest.raises(ModelInputError, match="21 samples asked for"):
+        run_sdr(model, records, plain, num_samples=21, batch_size=8, device=CPU)
 
 
 def test_histogram_bins() -> None:

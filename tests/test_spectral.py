@@ -1,6 +1,8 @@
-"""Numerics of genaudit.analysis.spectral against a dense reference, closed forms and invariances.
+"""Numerics of the SDR and trace maths against a dense reference, closed forms and invariances.
 
-docs/method.md (SDR, trace method, known answers). Tolerances are stated per test.
+The maths lives in genaudit.analysis.spectral (the SDR) and the modules beside it: accumulators,
+dft_grid, kernel_power, kernel_lags, trace_method. docs/method.md (SDR, trace method, known
+answers). Tolerances are stated per test.
 """
 
 from __future__ import annotations
@@ -19,21 +21,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dense_reference import dense_folded_power, dense_sdr
 
-from genaudit.analysis import spectral
+from genaudit.analysis import accumulators
+from genaudit.analysis.accumulators import CovarianceAccumulator, SpectrumAccumulator
+from genaudit.analysis.dft_grid import rfft_bin_weights
+from genaudit.analysis.kernel_lags import kernel_lag_autocorrelation
+from genaudit.analysis.kernel_power import kernel_power, pair_input_index
 from genaudit.analysis.spectral import (
-    CovarianceAccumulator,
     GridTooSmallError,
     PairSDR,
-    SpectrumAccumulator,
-    kernel_lag_autocorrelation,
-    kernel_power,
-    mechanism_matrix,
-    pair_input_index,
-    rfft_bin_weights,
     sdr_skip_reason,
     spectral_density_ratio,
-    trace_ratio,
 )
+from genaudit.analysis.trace_method import mechanism_matrix, trace_ratio
 from genaudit.errors import NothingToAnalyseError
 
 F64 = torch.float64
@@ -266,7 +265,7 @@ def test_cpu_chunking_does_not_change_the_sums(monkeypatch):
     rng = np.random.default_rng(25)
     v = relu_inputs(rng, 9, 3, (6, 7))
     whole = accumulate(v)
-    monkeypatch.setattr(spectral, "_CPU_CHUNK_VALUES", 2 * 3 * 6 * 7)  # chunks of 2 samples
+    monkeypatch.setattr(accumulators, "_CPU_CHUNK_VALUES", 2 * 3 * 6 * 7)  # chunks of 2 samples
     chunked = accumulate(v)
     assert chunked.power_sum is not None and whole.power_sum is not None
     torch.testing.assert_close(chunked.power_sum, whole.power_sum, rtol=1e-12, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from genaudit.analysis.stretch import (
+    Batches,
     StretchResult,
     choose_stretch_layers,
     default_stretch_layers,
@@ -20,24 +22,37 @@ from genaudit.analysis.transforms import Transform, make_transform, stretch
 from genaudit.errors import NothingToAnalyseError, UsageError
 from genaudit.io import registry as zoo
 from genaudit.model.hooks import has_hooks
+from genaudit.model.inputs import latent_source
 from genaudit.model.layers import LayerRecord, walk_layers
-from genaudit.model.loading import InputSource, latent_source
 
 STRETCH = make_transform("stretch", 1.5, "horizontal")
 
 
-def tensor_source(x: torch.Tensor) -> InputSource:
-    """Fixed inputs (any dtype): sample k is x[k] whatever the batch size."""
-    return InputSource({"kind": "test"}, lambda a, b: (x[a:b],), available=x.shape[0])
+class FixedInputs:
+    """Fixed inputs (any dtype), sample k being x[k] whatever the batch size: a source of
+    batches made without the model loader, which is all ``run_stretch`` asks of its inputs."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        return (self.x[start:stop],)
+
+    def batches(
+        self, num_samples: int, batch_size: int, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        for start in range(0, num_samples, batch_size):
+            stop = min(start + batch_size, num_samples)
+            yield tuple(t.to(device) for t in self.batch(start, stop))
 
 
-def latents(n: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> InputSource:
+def latents(n: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> FixedInputs:
     g = torch.Generator().manual_seed(123)
-    return tensor_source(torch.randn((n, *shape), generator=g, dtype=dtype))
+    return FixedInputs(torch.randn((n, *shape), generator=g, dtype=dtype))
 
 
-def records_of(model: nn.Module, source: InputSource) -> list[LayerRecord]:
-    return walk_layers(model, next(source.batches(2, 2)))
+def records_of(model: nn.Module, source: Batches) -> list[LayerRecord]:
+    return walk_layers(model, next(iter(source.batches(2, 2, "cpu"))))
 
 
 def by_name(result: StretchResult) -> dict[str, Any]:

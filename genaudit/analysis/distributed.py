@@ -28,10 +28,11 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .spectral import CovarianceAccumulator, SpectrumAccumulator
+from .accumulators import CovarianceAccumulator, SpectrumAccumulator
 
 __all__ = [
     "BACKEND_ENV",
+    "Accumulator",
     "DistributedRun",
     "LaunchEnv",
     "all_reduce_accumulators",
@@ -45,6 +46,9 @@ __all__ = [
 #: Environment variable naming the backend to use instead of the default (``gloo`` or ``nccl``).
 BACKEND_ENV = "GENAUDIT_DIST_BACKEND"
 _BACKENDS = ("gloo", "nccl")
+
+#: The per-layer sums that ranks add together: a spectrum (SDR) or a covariance (trace method).
+Accumulator = SpectrumAccumulator | CovarianceAccumulator
 
 
 @dataclass(frozen=True)
@@ -187,9 +191,6 @@ def shard_ranges(
         else:
             out.append((start, stop))
     return out
-
-
-Accumulator = SpectrumAccumulator | CovarianceAccumulator
 
 
 def _sums(acc: Accumulator) -> Sequence[Tensor]:

@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,17 +21,25 @@ from torch import nn
 from ..config import DEFAULT_TOLERANCE
 from ..errors import ModelInputError, NothingToAnalyseError
 from ..model.hooks import eval_mode, forward_hooks
-from ..model.layers import ALL_LEVELS, LayerRecord
-from ..model.loading import InputSource
-from .distributed import DistributedRun, all_reduce_accumulators, shard_ranges
-from .spectral import (
-    CovarianceAccumulator,
-    GridTooSmallError,
-    SpectrumAccumulator,
-    mechanism_matrix,
-    spectral_density_ratio,
-    trace_ratio,
-)
+from ..model.layers import ALL_LEVELS, AnalysisKind, LayerRecord
+from ..model.levels import Level
+from .accumulators import CovarianceAccumulator, SpectrumAccumulator
+from .distributed import Accumulator, DistributedRun, all_reduce_accumulators, shard_ranges
+from .spectral import GridTooSmallError, spectral_density_ratio
+from .trace_method import mechanism_matrix, trace_ratio
+
+
+class Samples(Protocol):
+    """The model's inputs by sample index: ``batch(start, stop)`` gives the positional inputs of
+    samples ``start … stop-1``, the same values whichever batch a sample is asked in (so a batch
+    can be rerun at half the size, and samples shared among processes); ``available`` is how
+    many samples there are (None: no limit)."""
+
+    @property
+    def available(self) -> int | None: ...
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, ...]: ...
+
 
 # Fixed log10-SDR histogram bins: 20 bins of width 0.1 on [-1, 1] plus one open bin each side.
 HIST_EDGES: tuple[float, ...] = tuple(round(-1.0 + 0.1 * k, 10) for k in range(21))
@@ -103,7 +111,7 @@ class LayerSDR:
     """Result for one layer: per-pair SDR values, a trace-method ratio, or a skip reason."""
 
     record: LayerRecord
-    analysis: str  # "sdr", "trace" or "skipped"
+    analysis: AnalysisKind
     reason: str | None = None
     values: np.ndarray | None = None  # (C_out, C_in/g) float64, NaN where undefined
     input_index: np.ndarray | None = None  # (C_out, C_in/g) absolute input channel
@@ -169,7 +177,7 @@ class LayerSDR:
 class LevelSDR:
     """Pairs of every SDR layer of one level pooled, plus the level's trace-method ratios."""
 
-    level: str
+    level: Level
     layers: tuple[str, ...]
     summary: Summary | None
     trace_ratios: tuple[float, ...] = ()
@@ -222,9 +230,6 @@ class SDRResult:
 
 class _StopForward(Exception):
     """Raised from a hook once every chosen layer has seen its input: the rest is not needed."""
-
-
-Accumulator = SpectrumAccumulator | CovarianceAccumulator
 
 
 @dataclass(frozen=True, eq=False)
@@ -302,7 +307,7 @@ def _halved(batch_size: int) -> int:
 def collect_statistics(
     model: nn.Module,
     records: Sequence[LayerRecord],
-    source: InputSource,
+    source: Samples,
     *,
     num_samples: int,
     batch_size: int,
@@ -418,7 +423,7 @@ def collect_statistics(
 
 def layer_sdr(
     record: LayerRecord,
-    accumulator: SpectrumAccumulator | CovarianceAccumulator | None,
+    accumulator: Accumulator | None,
     weight: torch.Tensor | None,
     tolerance: float,
 ) -> LayerSDR:
@@ -477,7 +482,7 @@ def pool_levels(layers: Sequence[LayerSDR], tolerance: float) -> tuple[LevelSDR,
 def run_sdr(
     model: nn.Module,
     records: Sequence[LayerRecord],
-    source: InputSource,
+    source: Samples,
     *,
     num_samples: int,
     batch_size: int,
@@ -488,6 +493,8 @@ def run_sdr(
 ) -> SDRResult:
     """SDR of every pair of every chosen layer (``records``), trace ratios, per-level pooling.
 
+    ``model`` is any module already on ``device``, ``records`` its layers to analyse (from
+    :func:`~genaudit.model.layers.walk_layers`) and ``source`` its inputs (:class:`Samples`).
     ``group``: this process's place in a torchrun job (see
     :mod:`genaudit.analysis.distributed`); the samples are shared out and the statistics
     summed, so every rank returns the same result.

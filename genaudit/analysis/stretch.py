@@ -14,10 +14,10 @@ Cost per batch: one plain forward pass plus one per chosen layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,13 +25,25 @@ from torch import nn
 from ..errors import NothingToAnalyseError, UsageError
 from ..model.hooks import eval_mode, forward_hooks
 from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
-from ..model.loading import InputSource
+from ..model.levels import Level
 from .transforms import Transform, axis_dims
 
 CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")
 
 # Levels that default_stretch_layers intervenes at, in the order of the levels.
 STRETCH_LEVELS = LEVELS
+
+
+class Batches(Protocol):
+    """The model's inputs, batch after batch.
+
+    ``batches(num_samples, batch_size, device)`` yields the positional inputs of samples
+    ``0 … num_samples-1`` in consecutive batches of at most ``batch_size`` samples, on ``device``.
+    """
+
+    def batches(
+        self, num_samples: int, batch_size: int, device: torch.device | str
+    ) -> Iterable[tuple[torch.Tensor, ...]]: ...
 
 
 # --------------------------------------------------------------------------- results
@@ -43,7 +55,7 @@ class StretchLayerResult:
 
     index: int
     name: str
-    level: str
+    level: Level
     mse: float
     baseline: float
     rel_mse: float
@@ -229,7 +241,7 @@ def run_stretch(
     model: nn.Module,
     records: Sequence[LayerRecord],
     selected: Sequence[LayerRecord] | None,
-    source: InputSource,
+    source: Batches,
     *,
     transform: Transform,
     num_samples: int,
@@ -258,8 +270,9 @@ def run_stretch(
         ``walk_layers`` of ``model``.
     selected : sequence of LayerRecord or None
         Layers to intervene at (``choose_stretch_layers``); None → ``default_stretch_layers``.
-    source : InputSource
-        Inputs z; the same samples are used for every layer.
+    source : Batches
+        Inputs z (the loader's ``InputSource`` is one); the same samples are used for every
+        layer.
     transform : Transform
         ``T``, applied to the model's output and to each chosen layer's output.
     num_samples, batch_size : int

@@ -22,8 +22,29 @@ class Interrupted(BaseException):
     """
 
 
+class _Signals:
+    """Whether Ctrl-C was pressed in this run (see :func:`raise_if_interrupted`)."""
+
+    interrupted = False
+
+
+SIGNALS = _Signals()
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    SIGNALS.interrupted = True
     raise Interrupted
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` again if Ctrl-C was pressed.
+
+    A library that catches every exception (some do while importing compiled extensions) can
+    swallow the first ``Interrupted``; the command line calls this after each batch and before
+    writing any output, so the run still stops, leaves no output, and reports the interruption.
+    """
+    if SIGNALS.interrupted:
+        raise Interrupted
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -31,6 +52,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         code = _run(argv)
+        raise_if_interrupted()
     except (Interrupted, KeyboardInterrupt):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt this
         sys.stderr.write("interrupted\n")
@@ -58,6 +80,7 @@ def _run(argv: list[str] | None) -> int:
         sys.stderr.write("aborted\n")
         return 1
     except Exception as exc:  # only with --debug: the commands map errors themselves otherwise
+        raise_if_interrupted()  # an error that follows a swallowed Ctrl-C is the interruption
         if not STATE.debug:
             raise
         import traceback

@@ -1,13 +1,12 @@
 """``genaudit check``: the CI gate on a checkpoint (rules, baselines, JUnit, annotations).
 
-Options → configuration and rules (checked before anything is loaded) → one SDR pass and at
-most one stretch run → :mod:`genaudit.gate` → verdict table / JSON / CSV / JUnit / GitHub
-annotations and step summary → exit code.
+Options → configuration and rules (checked before anything is loaded) → model and inputs →
+:func:`genaudit.gate.run_gate` (one SDR pass and at most one stretch run, verdict, drift) →
+verdict table / JSON / CSV / JUnit / GitHub annotations and step summary → exit code.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ import typer
 
 from .. import gate
 from ..config import load_settings
-from ..errors import GenauditError, NothingToAnalyseError, UsageError
+from ..errors import GenauditError, UsageError
+from . import raise_if_interrupted
 from .options import (
     INPUTS,
     MODEL,
@@ -29,7 +29,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import STATE, check_outputs, command, note, print_error, stdout_console
+from .root import STATE, check_outputs, command, emit, note, print_error, stdout_console
 
 if TYPE_CHECKING:
     from .common import Prepared
@@ -175,7 +175,7 @@ def check_cmd(
         suites.append((f"genaudit check {Path(model).name}", result))
         codes.append(result.exit_code)
         csv_rows += [_csv_row(model, e) for e in result.evaluations]
-    from ..report.export import emit, to_csv
+    from ..report.export import to_csv
 
     if junit:
         emit(junit, gate.junit_xml(suites))
@@ -197,13 +197,10 @@ def _report_error(model: str, exc: GenauditError, *, prefix: bool) -> None:
     annotation on GitHub Actions."""
     lines = exc.lines()
     print_error(lines, head=f"{model}: " if prefix else "")
-    if os.environ.get("GITHUB_ACTIONS") == "true":
-        sys.stderr.write(gate.github_error(" ".join(lines), model) + "\n")
-        sys.stderr.flush()
-    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary_file:
-        with open(summary_file, "a", encoding="utf-8") as fh:
-            fh.write(gate.step_summary_error(model, " ".join(lines)))
+    message = " ".join(lines)
+    gate.write_to_github_actions(
+        [gate.github_error(message, model)], gate.step_summary_error(model, message), sys.stderr
+    )
 
 
 @dataclass(frozen=True)
@@ -219,95 +216,60 @@ class _Options:
     quiet: bool  # something else writes to stdout
 
 
+# What to do about a baseline the gate cannot use, by gate.BaselineError.problem.
+BASELINE_HINTS: dict[gate.BaselineProblem, str] = {
+    "unreadable": "write one with: genaudit check MODEL --write-baseline FILE",
+    "architecture": "a baseline only compares checkpoints of one architecture: write a new one "
+    "with --write-baseline",
+}
+
+
 def _check_one(model: str, opts: _Options) -> gate.GateResult:
-    """Check one checkpoint: analyses, verdict, its outputs; returns the verdict."""
-    from ..analysis.sdr import SDRResult, run_sdr
-    from ..analysis.stretch import StretchResult, run_stretch
-    from ..analysis.transforms import make_transform
+    """Check one checkpoint: analyses and verdict (:func:`genaudit.gate.run_gate`), then its
+    outputs; returns the verdict."""
     from ..files import write_atomic
-    from ..report.export import emit, envelope, to_json
+    from ..report.export import envelope, to_json
     from ..report.tables import drift_table, verdict_table
     from .common import prepare, progress
     from .sdr import sdr_tolerance
 
     prep: Prepared = prepare(model, opts.load, opts.inputs, opts.run)
-    cfg = opts.cfg
-    write_baseline, json_out = opts.write_baseline, opts.json_out
+    cfg, write_baseline = opts.cfg, opts.write_baseline
     tol = sdr_tolerance(prep.table, None)
-    op = make_transform("stretch", float(cfg.stretch["factor"]), str(cfg.stretch["axis"]))
+    transform = gate.stretch_transform(cfg)
     prep.require_data(model)
     records = prep.first_records()
-    loaded = prep.loaded
-    fp = gate.fingerprint(loaded.arch, loaded.arch_kwargs, loaded.module, records)
-    targets = gate.resolve_targets(cfg.rules, records)
     n = prep.sample_count(opts.run.num_samples)
-    run_config = {"seed": prep.settings.seed, "num_samples": n, "tolerance": tol,
-                  "stretch": op.to_dict()}  # fmt: skip
-    notes: list[str] = []
-    base = gate.read_baseline(cfg.baseline) if cfg.baseline else None
-    compared: dict[str, set[str]] = {}
-    if base is not None:
-        gate.check_fingerprint(base, fp)
-        notes += gate.check_baseline_settings(base, run_config, cfg.drift)
-        compared = gate.drift_layers(base, cfg.drift)
-    if not targets and not compared:
-        raise NothingToAnalyseError(
-            f"no rule applies to {Path(model).name}: none of its layers has the metrics the "
-            "rules bound",
-            "configure [[check.rules]] for this model's layers (see genaudit layers MODEL)",
-        )
-    plan = gate.plan_analyses(targets, records, compared=compared,
-                              every_layer=write_baseline is not None)  # fmt: skip
-
-    sdr_result: SDRResult | None = None
-    if plan.sdr:
-        with progress("sampling", n) as advance:
-            sdr_result = run_sdr(
-                loaded.model, list(plan.sdr), prep.source, num_samples=n,
-                batch_size=prep.settings.batch_size, device=prep.device, tolerance=tol,
-                progress=advance,
-            )  # fmt: skip
-    stretch_result: StretchResult | None = None
-    if plan.stretch:
-        try:
-            with progress("stretch", n) as advance:
-                stretch_result = run_stretch(
-                    loaded.model, records, list(plan.stretch), prep.source, transform=op,
-                    num_samples=n, batch_size=prep.settings.batch_size, device=prep.device,
-                    keep_samples=0, progress=advance,
-                )  # fmt: skip
-            notes += stretch_result.notes
-        except NothingToAnalyseError as exc:
-            if plan.stretch_required:
-                raise
-            notes.append(f"the default stretch rule does not apply: {exc.message}")
-            targets = [t for t in targets if t.rule.family != "stretch"]
-
-    metrics = gate.collect_metrics(sdr_result, stretch_result)
-    evaluations = gate.evaluate_rules(targets, metrics)
-    drift = gate.compare_drift(base, metrics, cfg.drift) if base is not None else []
-    if not evaluations and not drift:
-        raise NothingToAnalyseError(f"nothing to check in {Path(model).name}")
-    result = gate.GateResult(
-        cfg.rules, tuple(evaluations), tuple(drift), cfg.fail_on_warn,
-        baseline=cfg.baseline, notes=tuple(notes),
+    settings = gate.RunSettings(
+        seed=prep.settings.seed, num_samples=n, batch_size=prep.settings.batch_size,
+        device=prep.device, tolerance=tol, transform=transform,
     )  # fmt: skip
-
+    try:
+        run = gate.run_gate(
+            prep.loaded, records, prep.source, settings, cfg, name=Path(model).name,
+            for_baseline=write_baseline is not None, progress=progress,
+        )  # fmt: skip
+    except gate.BaselineError as exc:
+        exc.hint = BASELINE_HINTS[exc.problem]
+        raise
+    result = run.result
+    notes = list(result.notes)
     if write_baseline:
-        if result.verdict == "fail":
+        if run.baseline_document is None:
             notes.append(f"baseline {write_baseline} not written: the gate failed")
         else:
-            text = gate.baseline_document(fp, loaded.describe(), run_config, metrics)
-            write_atomic(write_baseline, text)
+            raise_if_interrupted()  # before any output
+            write_atomic(write_baseline, run.baseline_document)
             notes.append(f"wrote baseline {write_baseline}")
-    config_doc = {**prep.config, "num_samples": n, "tolerance": tol, "check": cfg.to_dict(),
-                  "write_baseline": write_baseline}  # fmt: skip
-    if json_out:
+    if opts.json_out:
+        config_doc = {**prep.config, "num_samples": n, "tolerance": tol, "check": cfg.to_dict(),
+                      "write_baseline": write_baseline}  # fmt: skip
         doc = envelope(
-            "check", str(prep.device), config_doc, checkpoint=loaded.describe(),
-            results={**result.to_dict(), "fingerprint": fp, "metrics": metrics.to_dict()},
+            "check", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
+            results={**result.to_dict(), "fingerprint": run.fingerprint,
+                     "metrics": run.metrics.to_dict()},
         )  # fmt: skip
-        emit(json_out, to_json(doc))
+        emit(opts.json_out, to_json(doc))
     if not opts.quiet:
         out = stdout_console()
         title = f"{Path(model).name}: genaudit check, {n} samples, seed {prep.settings.seed}"
@@ -319,12 +281,7 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
         out.print(result.summary_line(), markup=False, soft_wrap=True)
     for text in notes:
         note(text)
-    if os.environ.get("GITHUB_ACTIONS") == "true":
-        for line in gate.github_annotations(result, model):
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary_file:
-        with open(summary_file, "a", encoding="utf-8") as fh:
-            fh.write(gate.step_summary(result, model))
+    gate.write_to_github_actions(
+        gate.github_annotations(result, model), gate.step_summary(result, model), sys.stderr
+    )
     return result

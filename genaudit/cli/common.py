@@ -15,19 +15,17 @@ import torch
 
 from ..config import Settings, load_settings
 from ..errors import UsageError
-from ..model.layers import LayerRecord, walk_layers
-from ..model.loading import (
+from ..model.inputs import (
     InputOptions,
     InputSource,
-    LoadedModel,
-    LoadOptions,
     generated_source,
-    load_model,
     make_input_source,
-    resolve_device,
     trial_forward,
 )
+from ..model.layers import LayerRecord, walk_layers
+from ..model.loading import LoadedModel, LoadOptions, load_model, resolve_device
 from ..values import parse_json_kwargs, parse_shape
+from . import raise_if_interrupted
 from .options import InputFlags, LoadFlags, RunFlags
 from .root import STATE, stderr_console, warning
 
@@ -45,8 +43,7 @@ class Prepared:
 
     def first_records(self) -> list[LayerRecord]:
         """The audited layers, from a dry run on the first two inputs."""
-        available = self.source.available
-        first = next(self.source.batches(min(2, available or 2), 2, self.device))
+        first = self.source.first_batch(self.device)
         return walk_layers(self.loaded.model, first, self.settings.levels)
 
     def sample_count(self, flag: int | None) -> int:
@@ -179,4 +176,9 @@ def progress(label: str, total: int) -> Iterator[Any]:
     )
     with bar:
         task = bar.add_task(label, total=total)
-        yield lambda k: bar.advance(task, k)
+
+        def advance(k: int) -> None:
+            raise_if_interrupted()
+            bar.advance(task, k)
+
+        yield advance

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from . import raise_if_interrupted
 from .options import (
     INPUTS,
     MODEL,
@@ -21,7 +22,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import check_outputs, command, note, stdout_console
+from .root import check_outputs, command, emit, note, stdout_console
 
 DECODER_MODEL = MODEL.prefixed("decoder", "decoder_load", "Decoder")
 DECODER_INPUTS = INPUTS.prefixed(
@@ -83,9 +84,10 @@ def compare_cmd(
 
     from ..analysis.compare import compare_results, plan_pairs
     from ..analysis.sdr import run_sdr
-    from ..model.loading import generated_source
-    from ..report.export import emit, envelope, to_csv, to_json
-    from ..report.tables import comparison_table, layer_range_text
+    from ..model.inputs import generated_source
+    from ..report.export import envelope, to_csv, to_json
+    from ..report.layout import layer_range_text
+    from ..report.tables import comparison_table
     from .common import prepare, progress
     from .sdr import sdr_tolerance
 
@@ -108,6 +110,7 @@ def compare_cmd(
                         progress=advance)
             )  # fmt: skip
     comparison = compare_results(results[0], results[1], pairs=pairs or None)
+    raise_if_interrupted()  # before any output
     if plot:
         from ..report.plots import plot_comparison
 

@@ -18,7 +18,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import check_outputs, command, stdout_console
+from .root import check_outputs, command, emit, stdout_console
 
 LAYER_CSV_HEADER = (
     "index", "layer", "type", "input_shape", "output_shape", "kernel_size", "stride",
@@ -42,7 +42,7 @@ def layers_cmd(
     check_outputs(json=json_out, csv=csv_out)
 
     from ..model.layers import select_layers
-    from ..report.export import emit, envelope, to_csv, to_json
+    from ..report.export import envelope, to_csv, to_json
     from ..report.tables import layers_table
     from .common import prepare
 
@@ -78,7 +78,7 @@ def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
     check_outputs(json=json_out, csv=csv_out)
 
     from ..io import registry as zoo
-    from ..report.export import emit, to_csv, to_json
+    from ..report.export import to_csv, to_json
     from ..report.tables import archs_table
 
     entries = [zoo.get(name) for name in zoo.list_architectures()]

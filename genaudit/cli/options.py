@@ -159,8 +159,8 @@ _LOAD = (
          "object, or @FILE.json.", "JSON", extra={"callback": _check_kwargs}),
     Spec("state_key", str | None, None, "Dotted key of the state dict inside a nested "
          "checkpoint.", "KEY"),
-    Spec("strip_prefix", str | None, None, "Keep only the weights under this prefix, without "
-         "it.", "PREFIX"),
+    Spec("strip_prefix", str | None, None, "Remove this prefix from every weight name (every "
+         "name must have it).", "PREFIX"),
     Spec("module", str | None, None, "Audit this submodule (dotted path, e.g. decoder).",
          "PATH"),
     Spec("allow_global", list[str] | None, None, "Allow an inert class (e.g. "

@@ -16,6 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from ..errors import ExitCode, GenauditError, UsageError, first_line
+from . import raise_if_interrupted
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -329,6 +330,8 @@ def handle_errors(fn: F) -> F:
             _stderr_line("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except Exception as exc:
+            # an error that follows a Ctrl-C some library swallowed is the interruption
+            raise_if_interrupted()
             if STATE.debug:
                 raise
             first = first_line(exc)
@@ -407,3 +410,15 @@ def check_outputs(**targets: str | None) -> None:
         from ..report.plots import require_matplotlib
 
         require_matplotlib()
+
+
+def emit(target: str, text: str) -> None:
+    """Write ``text`` to ``target`` atomically; ``-`` means standard output."""
+    raise_if_interrupted()
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from ..files import write_atomic
+
+        write_atomic(target, text)

@@ -10,6 +10,7 @@ import typer
 from ..config import DEFAULT_TOLERANCE, check_keys
 from ..errors import UsageError
 from ..model.levels import split_selectors
+from . import raise_if_interrupted
 from .options import (
     INPUTS,
     MODEL,
@@ -25,7 +26,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import check_outputs, command, note, stdout_console
+from .root import check_outputs, command, emit, note, stdout_console
 
 
 @command("sdr")
@@ -55,8 +56,8 @@ def sdr_cmd(
     from ..analysis import distributed
     from ..analysis.sdr import SDRResult, run_sdr
     from ..model.layers import select_layers
-    from ..report.export import emit, envelope, to_csv, to_json
-    from ..report.tables import levels_table, sdr_table
+    from ..report.export import envelope, to_csv, to_json
+    from ..report.sdr_tables import levels_table, sdr_table
     from .common import prepare, progress
 
     launch = distributed.launch_env()  # set by torchrun; None for a single process
@@ -96,6 +97,7 @@ def sdr_cmd(
         emit(json_out, to_json(doc))
     if csv_out:
         emit(csv_out, to_csv(SDRResult.CSV_HEADER, result.csv_rows()))
+    raise_if_interrupted()  # before any output
     if plot:
         from ..report.plots import plot_sdr
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..model.levels import split_selectors
+from . import raise_if_interrupted
 from .options import (
     INPUTS,
     MODEL,
@@ -23,7 +24,7 @@ from .options import (
     TransformName,
     with_options,
 )
-from .root import check_outputs, command, note, stdout_console
+from .root import check_outputs, command, emit, note, stdout_console
 
 StretchLayersOpt = Annotated[
     list[str] | None,
@@ -91,7 +92,7 @@ def stretch_cmd(
 
     from ..analysis.stretch import choose_stretch_layers, run_stretch
     from ..analysis.transforms import make_transform
-    from ..report.export import emit, envelope, to_csv, to_json
+    from ..report.export import envelope, to_csv, to_json
     from ..report.pictures import write_stretch_grids
     from ..report.tables import stretch_table
     from .common import prepare, progress
@@ -108,6 +109,7 @@ def stretch_cmd(
             batch_size=prep.settings.batch_size, device=prep.device,
             keep_samples=grid_samples if grid else 0, progress=advance,
         )  # fmt: skip
+    raise_if_interrupted()  # before any output
     written: tuple[Path, ...] = ()
     if grid:
         written = write_stretch_grids(result, grid)

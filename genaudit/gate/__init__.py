@@ -1,3 +1,106 @@
 """The CI gate: metrics, rules, targets, baselines and drift, verdicts and CI formats."""
 
-from .core import *  # noqa: F403
+# Configuration → CheckConfig → resolve_targets → plan_analyses (one SDR pass and one stretch
+# run serve every rule) → collect_metrics → evaluate_rules and compare_drift → GateResult;
+# run_gate does all of it for one model. No Typer, no printing, no torch at import time.
+
+from .baseline import (
+    DEFAULT_DRIFT,
+    Baseline,
+    BaselineError,
+    BaselineProblem,
+    DriftCheck,
+    DriftStatus,
+    baseline_document,
+    check_baseline_settings,
+    check_fingerprint,
+    compare_drift,
+    drift_help,
+    drift_layers,
+    fingerprint,
+    read_baseline,
+)
+from .formats import (
+    github_annotations,
+    github_error,
+    junit_xml,
+    step_summary,
+    step_summary_error,
+    write_to_github_actions,
+)
+from .metrics import (
+    METRICS,
+    Family,
+    Metric,
+    MetricTable,
+    collect_metrics,
+    fmt_value,
+    metrics_help,
+    summary_metrics,
+    trace_metrics,
+)
+from .rules import (
+    DEFAULT_RULES,
+    CheckConfig,
+    Rule,
+    Severity,
+    default_rules_help,
+    parse_check_config,
+    parse_rule_flag,
+)
+from .run import GateRun, Progress, RunSettings, run_gate, stretch_transform
+from .targets import Plan, Target, TargetKind, plan_analyses, resolve_targets
+from .verdict import Evaluation, GateResult, Status, evaluate_rules
+
+__all__ = [
+    "DEFAULT_DRIFT",
+    "DEFAULT_RULES",
+    "METRICS",
+    "Baseline",
+    "BaselineError",
+    "BaselineProblem",
+    "CheckConfig",
+    "DriftCheck",
+    "DriftStatus",
+    "Evaluation",
+    "Family",
+    "GateResult",
+    "GateRun",
+    "Metric",
+    "MetricTable",
+    "Plan",
+    "Progress",
+    "Rule",
+    "RunSettings",
+    "Severity",
+    "Status",
+    "Target",
+    "TargetKind",
+    "baseline_document",
+    "check_baseline_settings",
+    "check_fingerprint",
+    "collect_metrics",
+    "compare_drift",
+    "default_rules_help",
+    "drift_help",
+    "drift_layers",
+    "evaluate_rules",
+    "fingerprint",
+    "fmt_value",
+    "github_annotations",
+    "github_error",
+    "junit_xml",
+    "metrics_help",
+    "parse_check_config",
+    "parse_rule_flag",
+    "plan_analyses",
+    "read_baseline",
+    "resolve_targets",
+    "run_gate",
+    "step_summary",
+    "step_summary_error",
+    "stretch_transform",
+    "summary_metrics",
+    "trace_metrics",
+    "write_to_github_actions",
+]

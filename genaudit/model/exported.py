@@ -16,6 +16,7 @@ from torch import nn
 from torch.fx.operator_schemas import normalize_function
 
 from ..errors import CheckpointError
+from .layers import int_tuple
 
 _CONV_OPS = {
     "conv1d": (1, False), "conv2d": (2, False), "conv3d": (3, False),
@@ -43,10 +44,6 @@ def _attr(sub: nn.Module, node: Any) -> torch.Tensor | None:
     return value
 
 
-def _tuple(v: Any, d: int) -> tuple[int, ...]:
-    return tuple(int(x) for x in v) if isinstance(v, list | tuple) else (int(v),) * d
-
-
 def _rebuild(sub: nn.Module) -> nn.Module | None:
     """A real Linear / convolution equivalent to the graph of ``sub``, or None."""
     graph = getattr(sub, "graph", None)
@@ -72,14 +69,14 @@ def _rebuild(sub: nn.Module) -> nn.Module | None:
         d, transposed = _CONV_OPS[name]
         groups = int(kw.get("groups", 1))
         padding = kw.get("padding", 0)
-        pad = padding if isinstance(padding, str) else _tuple(padding, d)
+        pad = padding if isinstance(padding, str) else int_tuple(padding, d)
         c_in = weight.shape[0] if transposed else weight.shape[1] * groups
         c_out = weight.shape[1] * groups if transposed else weight.shape[0]
-        extra = {"output_padding": _tuple(kw.get("output_padding", 0), d)} if transposed else {}
+        extra = {"output_padding": int_tuple(kw.get("output_padding", 0), d)} if transposed else {}
         cls: Any = _CLASSES[(d, transposed)]  # Conv and ConvTranspose take different kwargs
         module = cls(
-            c_in, c_out, tuple(weight.shape[2:]), stride=_tuple(kw.get("stride", 1), d),
-            padding=pad, dilation=_tuple(kw.get("dilation", 1), d), groups=groups,
+            c_in, c_out, tuple(weight.shape[2:]), stride=int_tuple(kw.get("stride", 1), d),
+            padding=pad, dilation=int_tuple(kw.get("dilation", 1), d), groups=groups,
             bias=bias is not None, **extra,
         )  # fmt: skip
     else:

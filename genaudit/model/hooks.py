@@ -1,4 +1,4 @@
-"""Context managers that hook into a model and always clean up ."""
+"""Context managers that hook into a model and always clean up."""
 
 from __future__ import annotations
 

@@ -27,17 +27,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..analysis.spectral import sdr_skip_reason
 from ..errors import NothingToAnalyseError, UsageError
 from .hooks import eval_mode, forward_hooks
-from .levels import ALL_LEVELS, LEVELS, LINEAR_LEVEL, READOUT_LEVEL, matches_layer
+from .levels import ALL_LEVELS, LEVELS, LINEAR_LEVEL, READOUT_LEVEL, Level, is_level, matches_layer
 
-__all__ = ["ALL_LEVELS", "LEVELS", "LINEAR_LEVEL", "READOUT_LEVEL", "LayerRecord", "walk_layers"]
+__all__ = [
+    "ALL_LEVELS",
+    "LEVELS",
+    "LINEAR_LEVEL",
+    "READOUT_LEVEL",
+    "AnalysisKind",
+    "LayerRecord",
+    "walk_layers",
+]
+
+#: Which statistic a layer gets: SDR on a grid, the trace method on vectors, or none.
+AnalysisKind = Literal["sdr", "trace", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,8 @@ class LayerRecord:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     calls: int
-    level: str
-    analysis: str  # "sdr", "trace" or "skipped"
+    level: Level
+    analysis: AnalysisKind
     reason: str | None
     pairs: int
 
@@ -94,8 +106,11 @@ def is_audited_layer(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd | nn.Linear)
 
 
-def _tuple(v: Any, d: int) -> tuple[int, ...]:
-    return tuple(int(x) for x in v) if isinstance(v, tuple | list) else (int(v),) * d
+def int_tuple(value: Any, d: int) -> tuple[int, ...]:
+    """A convolution's size argument as ints: a sequence as it is, an int repeated ``d`` times."""
+    if isinstance(value, tuple | list):
+        return tuple(int(x) for x in value)
+    return (int(value),) * d
 
 
 def first_tensor(x: Any) -> torch.Tensor | None:
@@ -158,31 +173,27 @@ def _record(index: int, s: _Seen) -> dict[str, Any]:
         # torch.nn.utils.parametrize swaps in a subclass named Parametrized<Original>
         cls = cls.__bases__[0]
     padding: tuple[int, ...] | str = (
-        m.padding if isinstance(m.padding, str) else _tuple(m.padding, d)
+        m.padding if isinstance(m.padding, str) else int_tuple(m.padding, d)
     )
     return dict(
         index=index, name=s.name, type=cls.__name__, transposed=bool(m.transposed), dims=d,
         in_channels=m.in_channels, out_channels=m.out_channels,
-        kernel_size=_tuple(m.kernel_size, d), stride=_tuple(m.stride, d), padding=padding,
-        dilation=_tuple(m.dilation, d), groups=m.groups, input_shape=s.input_shape,
+        kernel_size=int_tuple(m.kernel_size, d), stride=int_tuple(m.stride, d), padding=padding,
+        dilation=int_tuple(m.dilation, d), groups=m.groups, input_shape=s.input_shape,
         output_shape=s.output_shape, calls=s.calls,
     )  # fmt: skip
 
 
-def _analysis(rec: dict[str, Any]) -> tuple[str, str | None, int]:
+def _analysis(rec: dict[str, Any]) -> tuple[AnalysisKind, str | None, int]:
     """Which statistic applies: SDR on a grid, the trace method on vectors, or nothing."""
     if rec["type"] == "Linear":
         return "trace", None, 1
     grid = rec["input_shape"][1:]
-    size = math.prod(grid)
-    if size == 1:
+    if math.prod(grid) == 1:
         return "trace", None, 1
-    if size - 1 < 2:
-        return (
-            "skipped",
-            f"input grid {'×'.join(map(str, grid))} has fewer than 2 non-zero frequencies",
-            0,
-        )
+    reason = sdr_skip_reason(grid)
+    if reason is not None:
+        return "skipped", reason, 0
     return "sdr", None, rec["out_channels"] * (rec["in_channels"] // rec["groups"])
 
 
@@ -215,9 +226,9 @@ def _reads_out(records: Sequence[Mapping[str, Any]], convs: Sequence[int]) -> bo
     return _grid_points(records[convs[-1]]["output_shape"]) < reference
 
 
-def assign_levels(records: list[dict[str, Any]]) -> list[str]:
+def assign_levels(records: list[dict[str, Any]]) -> list[Level]:
     """Levels for records in execution order (the rule: see the module docstring)."""
-    levels = [LINEAR_LEVEL] * len(records)
+    levels: list[Level] = [LINEAR_LEVEL] * len(records)
     convs = [i for i, r in enumerate(records) if r["type"] != "Linear"]
     if not convs:
         return levels
@@ -235,7 +246,7 @@ def assign_levels(records: list[dict[str, Any]]) -> list[str]:
         return (math.prod(grid), grid)
 
     resolutions = sorted({resolution(i) for i in rest})
-    names: list[str]
+    names: list[Level]
     if len(resolutions) >= 3:
         groups = split_contiguous(resolutions, 3)
         names = ["coarse", "intermediate", "fine"]
@@ -279,8 +290,9 @@ def apply_level_overrides(
     records: list[LayerRecord], overrides: Mapping[str, str]
 ) -> list[LayerRecord]:
     """Reassign levels from configuration: ``{"main.3": "coarse", "decoder.*": "fine"}``."""
+    levels: dict[str, Level] = {}
     for pattern, level in overrides.items():
-        if level not in ALL_LEVELS:
+        if not is_level(level):
             raise UsageError(
                 f"configuration maps {pattern!r} to unknown level {level!r}",
                 f"levels are: {', '.join(ALL_LEVELS)}",
@@ -290,9 +302,10 @@ def apply_level_overrides(
                 f"configuration maps {pattern!r} to level {level!r}, but no layer matches it",
                 "layers: " + ", ".join(r.name for r in records),
             )
+        levels[pattern] = level
     result = []
     for r in records:
-        for pattern, level in overrides.items():
+        for pattern, level in levels.items():
             if matches_layer(r, pattern):
                 r = replace(r, level=level)
         result.append(r)

@@ -10,14 +10,21 @@ encoder's code, a discriminator's score). Linear layers are ``linear``.
 from __future__ import annotations
 
 import fnmatch
-from typing import Protocol
+from typing import Final, Literal, Protocol, TypeGuard
 
-LEVELS = ("projection", "coarse", "intermediate", "fine", "image")
-READOUT_LEVEL = "readout"
-LINEAR_LEVEL = "linear"
-ALL_LEVELS = (*LEVELS, READOUT_LEVEL, LINEAR_LEVEL)
+Level = Literal["projection", "coarse", "intermediate", "fine", "image", "readout", "linear"]
+
+LEVELS: tuple[Level, ...] = ("projection", "coarse", "intermediate", "fine", "image")
+READOUT_LEVEL: Final = "readout"
+LINEAR_LEVEL: Final = "linear"
+ALL_LEVELS: tuple[Level, ...] = (*LEVELS, READOUT_LEVEL, LINEAR_LEVEL)
 # Hidden levels fed maps (not 1×1 vectors): where SDR statistics and interventions are meaningful.
-HIDDEN_LEVELS = ("coarse", "intermediate", "fine")
+HIDDEN_LEVELS: tuple[Level, ...] = ("coarse", "intermediate", "fine")
+
+
+def is_level(name: str) -> TypeGuard[Level]:
+    """Whether ``name`` is one of :data:`ALL_LEVELS`."""
+    return name in ALL_LEVELS
 
 
 class NamedLayer(Protocol):

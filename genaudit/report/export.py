@@ -6,14 +6,12 @@ import io
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
-from ..files import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -86,15 +84,6 @@ def check_destination(target: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {target}: {existing} is not a folder")
     if not os.access(existing, os.W_OK):
         raise UsageError(f"{flag} {target}: folder {existing} is not writable")
-
-
-def emit(target: str, text: str) -> None:
-    """Write ``text`` to ``target``; ``-`` means standard output."""
-    if target == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_atomic(target, text)
 
 
 def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

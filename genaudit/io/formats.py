@@ -1,0 +1,299 @@
+"""Format probing: which of :data:`FORMATS` a checkpoint is, decided from its bytes.
+
+The format comes from the file's content (magic numbers, zip entry names, pickle opcodes), never
+from its extension; a known extension that contradicts the content is an error. Probing also checks
+what is cheap to check (a safetensors header against the file's size, a shard index's JSON) and,
+for pickle-based files, lists the non-inert globals statically (:mod:`genaudit.io.pickle_scan`),
+so that a code-bearing file is refused before anything loads it. Errors are
+:class:`~genaudit.errors.CheckpointError` with a one-line message (:func:`one_line_error`), as the
+command line prints them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickletools
+import struct
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, first_line
+from .pickle_scan import PickleScan, inert_globals, is_module_like, scan_pickle
+
+__all__ = [
+    "DESCRIPTIONS",
+    "FORMATS",
+    "Probe",
+    "detect_format",
+    "name_list",
+    "one_line_error",
+    "probe_format",
+]
+
+FORMATS: tuple[str, ...] = (
+    "safetensors",
+    "safetensors-sharded",
+    "torch-zip",
+    "torch-legacy",
+    "pickled-module",
+    "torchscript",
+    "torch-export",
+    "torch-package",
+    "pickle",
+)
+
+# How an error message names each format.
+DESCRIPTIONS = {
+    "safetensors": "safetensors data",
+    "safetensors-sharded": "a sharded-safetensors index",
+    "torch-zip": "a PyTorch zip checkpoint",
+    "torch-legacy": "a legacy (non-zip) PyTorch checkpoint",
+    "pickled-module": "a whole pickled nn.Module",
+    "torchscript": "a TorchScript archive",
+    "torch-export": "a torch.export archive",
+    "torch-package": "a torch.package archive",
+    "pickle": "a raw Python pickle",
+}
+
+_PICKLE_FAMILY = frozenset(FORMATS) - {"safetensors", "safetensors-sharded"}
+
+# Extensions whose meaning is unambiguous enough that contradicting content is an error;
+# any other extension (or none) lets the content decide.
+_EXTENSION_FORMATS: dict[str, frozenset[str]] = {
+    ".safetensors": frozenset({"safetensors"}),
+    ".json": frozenset({"safetensors-sharded"}),
+    ".pt2": frozenset({"torch-export"}),
+    **dict.fromkeys((".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl", ".pickle"), _PICKLE_FAMILY),
+}
+
+# torch.save's legacy (non-zip) format starts with a pickled magic number.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+_HINT_CORRUPT = "re-save or re-download the file; genaudit reads safetensors and torch.save files"
+_MAX_NAMES = 5
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What probing found out about a checkpoint file."""
+
+    path: Path  # the file the format belongs to (the index json for a sharded directory)
+    format: str
+    suspicious: frozenset[str] = frozenset()  # non-inert globals found statically
+    zip_entries: tuple[str, ...] = ()
+    header: dict[str, Any] = field(default_factory=dict)  # safetensors header / index json
+
+
+def one_line_error(message: str, hint: str = _HINT_CORRUPT) -> CheckpointError:
+    """A CheckpointError whose message is one line, as the CLI prints it; by default its hint
+    is to re-save or re-download the file."""
+    return CheckpointError(message.replace("\n", " "), hint)
+
+
+def name_list(items: Sequence[str] | frozenset[str] | set[str], limit: int = _MAX_NAMES) -> str:
+    """The first ``limit`` of ``items`` in sorted order, comma-separated, "…" when cut."""
+    ordered = sorted(items)
+    shown = ", ".join(ordered[:limit])
+    return shown + (", …" if len(ordered) > limit else "")
+
+
+def _resolve_path(path: Path) -> Path:
+    """The file to read: ``path`` itself, or the single shard index inside a directory."""
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist",
+            "check the path; it must name a file or a directory",
+        )
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if not indexes:
+            raise CheckpointError(
+                f"{path} is a directory without a *.safetensors.index.json shard index",
+                "pass the checkpoint file itself, or a directory holding one sharded checkpoint",
+            )
+        if len(indexes) > 1:
+            raise CheckpointError(
+                f"{path} holds several shard indexes ({name_list([p.name for p in indexes])})",
+                "pass the index json of the checkpoint you want",
+            )
+        return indexes[0]
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file", "pass a checkpoint file")
+    return path
+
+
+def _probe_safetensors(path: Path, head: bytes, size: int) -> Probe | None:
+    """A safetensors probe, None when the bytes are not safetensors, an error when truncated."""
+    if size < 8 or len(head) < 9 or head[8:9] != b"{":
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    if n < 2 or n > 100_000_000:
+        return None
+    if 8 + n > size:
+        raise one_line_error(
+            f"{path} has a truncated safetensors header ({size} bytes, header needs {8 + n})"
+        )
+    with path.open("rb") as fh:
+        fh.seek(8)
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise one_line_error(f"{path} has a corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise one_line_error(f"{path} has a corrupt safetensors header (not a JSON object)")
+    data_size = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2):
+            raise one_line_error(f"{path} has a corrupt safetensors header (entry {key!r})")
+        if offsets[1] > data_size:
+            raise one_line_error(
+                f"{path} is truncated: tensor {key!r} lies beyond the end of the file"
+            )
+    return Probe(path, "safetensors", header=header)
+
+
+def _probe_json(path: Path, head: bytes) -> Probe | None:
+    if head.lstrip()[:1] != b"{":
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        if path.suffix.lower() == ".json":
+            raise one_line_error(f"{path} is not valid JSON") from None
+        return None
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise one_line_error(
+            f'{path} is JSON but not a safetensors shard index (no "weight_map")',
+            "pass the *.safetensors.index.json of a sharded checkpoint, or a weights file",
+        )
+    return Probe(path, "safetensors-sharded", header=index)
+
+
+def _probe_zip(path: Path) -> Probe:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = tuple(zf.namelist())
+            # torch archives keep everything under one top-level folder of any name.
+            rel = {n.split("/", 1)[1] if "/" in n else n: n for n in names}
+            if (
+                "archive_format" in rel
+                or any(r.endswith("serialized_exported_program.json") for r in rel)
+                or any(r.startswith("models/") and r.endswith(".json") for r in rel)
+            ):
+                return Probe(path, "torch-export", zip_entries=names)
+            if ".data/extern_modules" in rel:
+                return Probe(path, "torch-package", zip_entries=names)
+            if "constants.pkl" in rel or any(r.startswith("code/") for r in rel):
+                return Probe(path, "torchscript", zip_entries=names)
+            if "data.pkl" not in rel:
+                raise one_line_error(
+                    f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl)",
+                    "pass a file written by torch.save or safetensors",
+                )
+            data = zf.read(rel["data.pkl"])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise one_line_error(
+            f"{path} is a truncated or corrupt zip archive ({first_line(exc, 160)})"
+        ) from None
+    try:
+        scan = scan_pickle(io.BytesIO(data))
+    except (ValueError, EOFError, struct.error) as exc:
+        raise one_line_error(f"{path} holds a corrupt pickle ({first_line(exc, 160)})") from None
+    suspicious = scan.globals - inert_globals()
+    fmt = "pickled-module" if is_module_like(scan, suspicious) else "torch-zip"
+    return Probe(path, fmt, suspicious=suspicious, zip_entries=names)
+
+
+def _probe_pickle(path: Path) -> Probe | None:
+    """A legacy torch.save file or a raw pickle; None when the bytes are not a pickle."""
+    with path.open("rb") as fh:
+        try:
+            first_ops = list(pickletools.genops(fh))
+        except (ValueError, EOFError, struct.error, UnicodeDecodeError):
+            return None
+        ints = [
+            a for op, a, _ in first_ops if isinstance(a, int) and op.name not in ("PROTO", "FRAME")
+        ]
+        if ints[:1] != [_LEGACY_MAGIC]:
+            fh.seek(0)
+            try:
+                scan = scan_pickle(fh)
+            except (ValueError, EOFError, struct.error, UnicodeDecodeError):
+                return None
+            return Probe(path, "pickle", suspicious=scan.globals)
+        # Legacy layout: magic, protocol version, sys info, the object, storage keys, raw data.
+        try:
+            scans = [scan_pickle(fh) for _ in range(4)]
+        except (ValueError, EOFError, struct.error, UnicodeDecodeError) as exc:
+            raise one_line_error(
+                f"{path} is a truncated or corrupt legacy PyTorch file ({first_line(exc, 160)})"
+            ) from None
+    merged = PickleScan(
+        frozenset().union(*(s.globals for s in scans)),
+        frozenset().union(*(s.strings for s in scans)),
+    )
+    suspicious = merged.globals - inert_globals()
+    fmt = "pickled-module" if is_module_like(merged, suspicious) else "torch-legacy"
+    return Probe(path, fmt, suspicious=suspicious)
+
+
+_OTHER_MAGIC = (
+    (b"\x89HDF", "an HDF5 file (Keras?)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"GGUF", "a GGUF file"),
+    (b"\x1f\x8b", "a gzip file"),
+)
+
+
+def probe_format(path: Path) -> Probe:
+    """Detect the format of ``path`` (a file, or a directory holding one shard index)."""
+    path = _resolve_path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise one_line_error(
+            f"cannot read {path}: {exc.strerror or exc}", "check permissions"
+        ) from None
+    if size == 0:
+        raise one_line_error(f"checkpoint {path} is empty (0 bytes)")
+
+    probe: Probe | None
+    known: str | None = None
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        probe = _probe_zip(path)
+    else:
+        probe = _probe_safetensors(path, head, size) or _probe_json(path, head)
+        # Other known formats first: some of their magic bytes are also pickle opcodes.
+        known = next((desc for magic, desc in _OTHER_MAGIC if head.startswith(magic)), None)
+        if probe is None and known is None:
+            probe = _probe_pickle(path)
+    if probe is None:
+        detail = f"it looks like {known}" if known else "unrecognised content"
+        raise one_line_error(
+            f"{path} is not a readable checkpoint ({detail}; {size} bytes)",
+            "genaudit reads safetensors and torch.save files; the file may also be corrupt",
+        )
+
+    suffix = path.suffix.lower()
+    allowed = _EXTENSION_FORMATS.get(suffix)
+    if allowed is not None and probe.format not in allowed:
+        raise CheckpointError(
+            f"{path} has the extension {suffix} but contains {DESCRIPTIONS[probe.format]}",
+            "rename the file to match its content; genaudit decides the format from the bytes",
+        )
+    return probe
+
+
+def detect_format(path: Path) -> str:
+    """The format of the checkpoint at ``path``, read from its bytes: one of :data:`FORMATS`."""
+    return probe_format(Path(path)).format
