@@ -32,7 +32,7 @@ from .options import (
 from .root import STATE, check_outputs, command, emit, note, print_error, stdout_console
 
 if TYPE_CHECKING:
-    from .common import Prepared
+    from .common import AuditRun
 
 CHECK_HELP = f"""Gate a checkpoint in CI: check rules on genaudit's metrics, and drift against a
 baseline. Exit 0: passed (warnings allowed); 1: a fail rule was violated, a value drifted
@@ -230,10 +230,10 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
     from ..files import write_atomic
     from ..report.export import envelope, to_json
     from ..report.tables import drift_table, verdict_table
-    from .common import prepare, progress
+    from .common import open_audit, progress
     from .sdr import sdr_tolerance
 
-    prep: Prepared = prepare(model, opts.load, opts.inputs, opts.run)
+    prep: AuditRun = open_audit(model, opts.load, opts.inputs, opts.run)
     cfg, write_baseline = opts.cfg, opts.write_baseline
     tol = sdr_tolerance(prep.table, None)
     transform = gate.stretch_transform(cfg)

@@ -31,8 +31,9 @@ from .root import STATE, stderr_console, warning
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A loaded model on its device, its input source and the effective settings."""
+class AuditRun:
+    """One command's audit: the checkpoint loaded into a model on its device, the inputs it is
+    fed (confirmed by a trial forward pass), the effective settings, and the layer walk."""
 
     loaded: LoadedModel
     source: InputSource
@@ -84,7 +85,7 @@ def load_settings_for(run: RunFlags) -> tuple[Settings, dict[str, Any]]:
     return settings, table
 
 
-def prepare(
+def open_audit(
     model_path: str,
     load: LoadFlags,
     inputs: InputFlags,
@@ -92,7 +93,7 @@ def prepare(
     *,
     source: InputSource | None = None,
     flag_prefix: str = "",
-) -> Prepared:
+) -> AuditRun:
     """Settings, checkpoint, model on its device and inputs confirmed by a trial forward pass.
 
     ``source`` overrides the inputs (compare feeds the encoder the decoder's outputs).
@@ -155,7 +156,7 @@ def prepare(
         },
         "inputs": source.description,
     }
-    return Prepared(loaded, source, settings, dev, cfg, table)
+    return AuditRun(loaded, source, settings, dev, cfg, table)
 
 
 @contextmanager

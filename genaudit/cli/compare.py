@@ -88,14 +88,14 @@ def compare_cmd(
     from ..report.export import envelope, to_csv, to_json
     from ..report.layout import layer_range_text
     from ..report.tables import comparison_table
-    from .common import prepare, progress
+    from .common import open_audit, progress
     from .sdr import sdr_tolerance
 
-    dec = prepare(decoder, decoder_load, decoder_inputs, run, flag_prefix="decoder-")
+    dec = open_audit(decoder, decoder_load, decoder_inputs, run, flag_prefix="decoder-")
     e = encoder_inputs
     own = e.inputs or e.latents or e.sampler or e.z_shape or e.generator  # inputs of its own
     fed = None if own else generated_source(dec.loaded.model, dec.source, dec.device)
-    enc = prepare(encoder, encoder_load, encoder_inputs, run, source=fed, flag_prefix="encoder-")
+    enc = open_audit(encoder, encoder_load, encoder_inputs, run, source=fed, flag_prefix="encoder-")
     enc.require_data(encoder)
     tol = sdr_tolerance(dec.table, tolerance)
     records = {"decoder": dec.first_records(), "encoder": enc.first_records()}

@@ -44,9 +44,9 @@ def layers_cmd(
     from ..model.layers import select_layers
     from ..report.export import envelope, to_csv, to_json
     from ..report.tables import layers_table
-    from .common import prepare
+    from .common import open_audit
 
-    prep = prepare(model, load, inputs, run)
+    prep = open_audit(model, load, inputs, run)
     records = select_layers(prep.first_records(), split_selectors(layers))
     if json_out:
         doc = envelope(

@@ -58,12 +58,12 @@ def sdr_cmd(
     from ..model.layers import select_layers
     from ..report.export import envelope, to_csv, to_json
     from ..report.sdr_tables import levels_table, sdr_table
-    from .common import prepare, progress
+    from .common import open_audit, progress
 
     launch = distributed.launch_env()  # set by torchrun; None for a single process
     if launch is not None:
         distributed.bind_local_device(launch)  # before loading: "cuda" is cuda:LOCAL_RANK
-    prep = prepare(model, load, inputs, run)
+    prep = open_audit(model, load, inputs, run)
     tol = sdr_tolerance(prep.table, tolerance)
     prep.require_data(model)
     records = prep.first_records()

@@ -95,10 +95,10 @@ def stretch_cmd(
     from ..report.export import envelope, to_csv, to_json
     from ..report.pictures import write_stretch_grids
     from ..report.tables import stretch_table
-    from .common import prepare, progress
+    from .common import open_audit, progress
 
     op = make_transform(transform.value, factor, axis.value)
-    prep = prepare(model, load, inputs, run)
+    prep = open_audit(model, load, inputs, run)
     records = prep.first_records()
     selectors = split_selectors(layers)
     chosen = choose_stretch_layers(records, selectors)

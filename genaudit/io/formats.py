@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import CheckpointError, first_line
 from .pickle_scan import PickleScan, inert_globals, is_module_like, scan_pickle
@@ -27,6 +27,7 @@ from .pickle_scan import PickleScan, inert_globals, is_module_like, scan_pickle
 __all__ = [
     "DESCRIPTIONS",
     "FORMATS",
+    "Format",
     "Probe",
     "detect_format",
     "name_list",
@@ -34,7 +35,7 @@ __all__ = [
     "probe_format",
 ]
 
-FORMATS: tuple[str, ...] = (
+Format = Literal[
     "safetensors",
     "safetensors-sharded",
     "torch-zip",
@@ -44,7 +45,8 @@ FORMATS: tuple[str, ...] = (
     "torch-export",
     "torch-package",
     "pickle",
-)
+]
+FORMATS: tuple[Format, ...] = get_args(Format)
 
 # How an error message names each format.
 DESCRIPTIONS = {
@@ -82,7 +84,7 @@ class Probe:
     """What probing found out about a checkpoint file."""
 
     path: Path  # the file the format belongs to (the index json for a sharded directory)
-    format: str
+    format: Format
     suspicious: frozenset[str] = frozenset()  # non-inert globals found statically
     zip_entries: tuple[str, ...] = ()
     header: dict[str, Any] = field(default_factory=dict)  # safetensors header / index json
@@ -208,7 +210,7 @@ def _probe_zip(path: Path) -> Probe:
     except (ValueError, EOFError, struct.error) as exc:
         raise one_line_error(f"{path} holds a corrupt pickle ({first_line(exc, 160)})") from None
     suspicious = scan.globals - inert_globals()
-    fmt = "pickled-module" if is_module_like(scan, suspicious) else "torch-zip"
+    fmt: Format = "pickled-module" if is_module_like(scan, suspicious) else "torch-zip"
     return Probe(path, fmt, suspicious=suspicious, zip_entries=names)
 
 
@@ -241,7 +243,7 @@ def _probe_pickle(path: Path) -> Probe | None:
         frozenset().union(*(s.strings for s in scans)),
     )
     suspicious = merged.globals - inert_globals()
-    fmt = "pickled-module" if is_module_like(merged, suspicious) else "torch-legacy"
+    fmt: Format = "pickled-module" if is_module_like(merged, suspicious) else "torch-legacy"
     return Probe(path, fmt, suspicious=suspicious)
 
 
@@ -294,6 +296,6 @@ def probe_format(path: Path) -> Probe:
     return probe
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path) -> Format:
     """The format of the checkpoint at ``path``, read from its bytes: one of :data:`FORMATS`."""
     return probe_format(Path(path)).format

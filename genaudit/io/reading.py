@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, UnsafeCheckpointError, first_line
-from .formats import DESCRIPTIONS, Probe, name_list, one_line_error, probe_format
+from .formats import DESCRIPTIONS, Format, Probe, name_list, one_line_error, probe_format
 
 __all__ = ["RawCheckpoint", "read_checkpoint"]
 
@@ -58,7 +58,7 @@ class RawCheckpoint:
 
     path: Path
     sha256: str  # hex digest of the file bytes (for sharded safetensors: of the index json)
-    format: str  # one of formats.FORMATS
+    format: Format
     obj: Any  # nested dicts / tensors; an nn.Module only when trusted
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__, else {}
     trusted: bool = False  # True when code-bearing content was loaded because trust=True
