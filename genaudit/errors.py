@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+from typing import Literal
 
 
 class ExitCode(IntEnum):
@@ -17,22 +19,59 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # the shell's convention: 128 + SIGINT
 
 
+OptionStyle = Literal["cli", "api"]
+_OPTION = re.compile("\u27e6([A-Za-z_][A-Za-z0-9_]*)\u27e7")
+
+
+def option(name: str) -> str:
+    """Name one of the user's options in a message, e.g. ``option("arch_kwargs")``.
+
+    Code below the command line never spells a flag: the command line shows the option as
+    ``--arch-kwargs``, the Python API as the keyword ``arch_kwargs=`` (:func:`render_options`).
+    """
+    return f"\u27e6{name}\u27e7"
+
+
+def render_options(text: str, style: OptionStyle = "cli") -> str:
+    """Replace the options named by :func:`option` with flags or keyword arguments."""
+    if style == "cli":
+        return _OPTION.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+    return _OPTION.sub(lambda m: m.group(1) + "=", text)
+
+
 class GenauditError(Exception):
     """Base class: a problem the user can act on, shown as one or two plain lines.
 
-    ``message`` says what is wrong; ``hint`` (optional) says what to do about it.
+    ``message`` says what is wrong; ``hint`` (optional) says what to do about it. Both may name
+    the user's options (:func:`option`); ``options`` lists them, and :meth:`lines` phrases them
+    for the command line (the default) or the Python API.
     """
 
     exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+        super().__init__(render_options(message))
+        self.raw_message = message
+        self.raw_hint = hint
 
-    def lines(self) -> list[str]:
-        """The message and, when there is one, the hint: what the CLI prints."""
-        return [self.message] if not self.hint else [self.message, self.hint]
+    @property
+    def message(self) -> str:
+        return render_options(self.raw_message)
+
+    @property
+    def hint(self) -> str | None:
+        return None if self.raw_hint is None else render_options(self.raw_hint)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The options the message and hint name, in order (each once)."""
+        text = self.raw_message + " " + (self.raw_hint or "")
+        return tuple(dict.fromkeys(_OPTION.findall(text)))
+
+    def lines(self, style: OptionStyle = "cli") -> list[str]:
+        """The message and, when there is one, the hint, with options phrased for ``style``."""
+        raw = [self.raw_message] if not self.raw_hint else [self.raw_message, self.raw_hint]
+        return [render_options(line, style) for line in raw]
 
 
 class UsageError(GenauditError):

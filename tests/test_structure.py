@@ -197,3 +197,49 @@ def test_the_project_cites_only_what_it_ships() -> None:
             if any(word in line for word in _NOT_SHIPPED) or _ISSUE.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
     assert not found, "references to documents outside the repository:\n" + "\n".join(found)
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+# Strings that record where something came from in a report, not advice to the user: the gate
+# stores "--rule" as the source of rules given on the command line (a JSON field).
+_FLAG_DATA = {"--rule"}
+
+
+def flag_mentions() -> list[str]:
+    """String literals below the command line that spell a command-line flag (docstrings and
+    comments aside): messages name options through ``genaudit.errors.option``."""
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith("genaudit.cli"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) in docstrings:
+                    continue
+                for flag in _FLAG.findall(node.value):
+                    if node.value.strip() not in _FLAG_DATA:
+                        found.append(f"{module}:{node.lineno}: {flag}")
+    return found
+
+
+def test_domain_code_names_options_not_flags() -> None:
+    assert not flag_mentions()
+
+
+def test_errors_phrase_options_for_the_command_line_and_the_api() -> None:
+    from genaudit.errors import UsageError, option
+
+    exc = UsageError(f"{option('arch_kwargs')} is not JSON", f"see {option('arch')} too")
+    assert exc.options == ("arch_kwargs", "arch")
+    assert exc.lines() == ["--arch-kwargs is not JSON", "see --arch too"]
+    assert exc.lines("api") == ["arch_kwargs= is not JSON", "see arch= too"]
+    assert str(exc) == exc.message == "--arch-kwargs is not JSON"

@@ -250,7 +250,7 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
             for_baseline=write_baseline is not None, progress=progress,
         )  # fmt: skip
     except gate.BaselineError as exc:
-        exc.hint = BASELINE_HINTS[exc.problem]
+        exc.raw_hint = BASELINE_HINTS[exc.problem]
         raise
     result = run.result
     notes = list(result.notes)
