@@ -10,14 +10,14 @@ import math
 import re
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, option
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::\d+)?")
 # The seed of torch.Generator.manual_seed: an unsigned 64-bit integer.
 MAX_SEED = 2**64 - 1
 
 
-def parse_shape(text: str | None, what: str = "--z-shape") -> tuple[int, ...] | None:
+def parse_shape(text: str | None, what: str = option("z_shape")) -> tuple[int, ...] | None:
     """``100`` or ``100,1,1`` (also ``100x1x1``) → a shape without the batch dimension."""
     if text is None or not str(text).strip():
         return None
@@ -33,7 +33,7 @@ def parse_shape(text: str | None, what: str = "--z-shape") -> tuple[int, ...] | 
     return shape
 
 
-def parse_json_kwargs(text: str | None, what: str = "--arch-kwargs") -> dict[str, Any]:
+def parse_json_kwargs(text: str | None, what: str = option("arch_kwargs")) -> dict[str, Any]:
     """Parse a JSON object of keyword arguments."""
     if text is None or not text.strip():
         return {}

@@ -26,7 +26,7 @@ from genaudit.analysis.compare import (
     plan_pairs,
 )
 from genaudit.analysis.sdr import LayerSDR, SDRResult, Summary, run_sdr
-from genaudit.errors import ExitCode, NothingToAnalyseError, UsageError
+from genaudit.errors import ExitCode, NothingToAnalyseError, UsageError, render_options
 from genaudit.io import registry as zoo
 from genaudit.model.inputs import InputOptions, InputSource, generated_source, make_input_source
 from genaudit.model.layers import LayerRecord, walk_layers
@@ -166,7 +166,9 @@ def test_layers_of_other_sizes_are_refused(dcgan: tuple[SDRResult, SDRResult]) -
     )
     with pytest.raises(UsageError) as info:
         plan_pairs(gen, _records(disc))
-    assert info.value.message == message and info.value.hint == PAIR_HINT
+    assert info.value.message == message and info.value.hint == render_options(PAIR_HINT)
+    assert info.value.options == ("pair",)
+    assert info.value.lines("api")[1].startswith("pair layers by hand with pair= DECODER_LAYER")
     with pytest.raises(UsageError, match="does not mirror"):
         compare_results(_unanalysed(gen), disc)
 

@@ -221,7 +221,9 @@ def test_evaluation_bounds_and_nan(records: list[LayerRecord]) -> None:
     strict = gate.GateResult(tuple(rules), tuple(e[:2]), (), fail_on_warn=True)
     assert (strict.verdict, strict.exit_code) == ("fail", ExitCode.GATE_FAILED)
     assert result.exit_code is ExitCode.OK and strict.to_dict()["exit_code"] == 1
-    assert "--fail-on-warn" in strict.summary_line()
+    assert "--fail-on-warn" in strict.summary_line("cli")
+    assert "fail_on_warn=" in strict.summary_line("api")
+    assert "--" not in strict.summary_line("api") and "\u27e6" not in strict.summary_line("api")
     failed = gate.GateResult(tuple(rules), tuple(e), (), fail_on_warn=False)
     assert failed.exit_code == 1 and failed.to_dict()["counts"]["fail"] == 2
 
@@ -394,7 +396,7 @@ def test_github_annotations_and_summary() -> None:
     assert all("\n" not in line for line in lines)
     strict = gate.github_annotations(_result(fail_on_warn=True))
     assert strict[0].startswith("::error title=")
-    md = gate.step_summary(result, "g.safetensors")
+    md = gate.step_summary(result, "g.safetensors", "cli")
     assert md.startswith("## genaudit check `g.safetensors`: ❌ failed\n")
     assert "| 3 | level fine | 0.9 | `stretch.rel_mse <= 0.5` | fail | **FAIL** |" in md
     assert "| 2 | layer main.6 | 0.2 | `sdr.mean_log10 <= 0.1` | warn | **warn** |" in md

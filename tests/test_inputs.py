@@ -113,15 +113,15 @@ def test_latents_files_must_share_batch(tmp_path) -> None:
 def test_bad_latents_files(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a tensor at all")
     with pytest.raises(ModelInputError, match="cannot read"):
-        read_tensor_file(str(tmp_path / "junk.pt"), "--latents")
+        read_tensor_file(str(tmp_path / "junk.pt"), "latents")
     with pytest.raises(ModelInputError, match="does not exist"):
-        read_tensor_file(str(tmp_path / "missing.pt"), "--latents")
+        read_tensor_file(str(tmp_path / "missing.pt"), "latents")
     torch.save(torch.tensor([1.0, float("nan")]), tmp_path / "nan.pt")
     with pytest.raises(ModelInputError, match="NaN"):
-        read_tensor_file(str(tmp_path / "nan.pt"), "--latents")
+        read_tensor_file(str(tmp_path / "nan.pt"), "latents")
     torch.save({"a": torch.zeros(2), "b": torch.zeros(2)}, tmp_path / "two.pt")
     with pytest.raises(ModelInputError, match="holds 2 tensors"):
-        read_tensor_file(str(tmp_path / "two.pt"), "--latents")
+        read_tensor_file(str(tmp_path / "two.pt"), "latents")
 
 
 def test_sampler() -> None:

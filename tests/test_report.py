@@ -185,7 +185,11 @@ def tables() -> dict[str, Callable[[int], Table]]:
             title="decoder vae64_decoder.safetensors vs encoder vae64_encoder.safetensors: "
             "log10 SDR of mirrored layers",
         ),
-        "archs_table": lambda w: report.archs_table(archs, width=w),
+        "archs_table": lambda w: report.archs_table(
+            archs,
+            title="architectures for --arch NAME (keyword arguments via --arch-kwargs JSON)",
+            width=w,
+        ),
         "verdict_table": lambda w: report.verdict_table(
             verdict,
             f"vae64_decoder_step00000.safetensors: genaudit check, {SAMPLES} samples, seed 0",

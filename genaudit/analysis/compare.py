@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import NothingToAnalyseError, UsageError
+from ..errors import NothingToAnalyseError, UsageError, option
 from ..model.levels import ALL_LEVELS, READOUT_LEVEL, matches_layer, split_selectors
 
 if TYPE_CHECKING:  # the pairing functions are usable without torch
@@ -48,8 +48,12 @@ if TYPE_CHECKING:  # the pairing functions are usable without torch
     from .sdr import SDRResult, Summary
 
 PAIR_HINT = (
-    "pair layers by hand with --pair DECODER_LAYER=ENCODER_LAYER (repeatable; each side a dotted "
-    "name, a glob, an index or a level naming one SDR layer)"
+    f"pair layers by hand with {option('pair')} DECODER_LAYER=ENCODER_LAYER (repeatable; each "
+    "side a dotted name, a glob, an index or a level naming one SDR layer)"
+)
+_PAIR_EXAMPLE = (
+    f"for example {option('pair')} main.3=main.8 (a dotted name, a glob, an index or a level on "
+    "each side)"
 )
 # How many layer names an error message lists before it abbreviates.
 _LIST_AT_MOST = 12
@@ -188,17 +192,15 @@ def parse_pairs(values: Sequence[str] | None) -> list[tuple[str, str]]:
     for value in split_selectors(list(values or ())):
         if value.count("=") != 1:
             raise UsageError(
-                f"--pair {value!r}: expected DECODER_LAYER=ENCODER_LAYER with one '='",
-                "for example --pair main.3=main.8 (a dotted name, a glob, an index or a level "
-                "on each side)",
+                f"{option('pair')} {value!r}: expected DECODER_LAYER=ENCODER_LAYER with one '='",
+                _PAIR_EXAMPLE,
             )
         dec, enc = (side.strip() for side in value.split("="))
         if not dec or not enc:
             missing = "decoder" if not dec else "encoder"
             raise UsageError(
-                f"--pair {value!r}: the {missing} layer is missing",
-                "for example --pair main.3=main.8 (a dotted name, a glob, an index or a level "
-                "on each side)",
+                f"{option('pair')} {value!r}: the {missing} layer is missing",
+                _PAIR_EXAMPLE,
             )
         out.append((dec, enc))
     return out
@@ -288,16 +290,17 @@ def resolve_layer(records: Sequence[LayerRecord], selector: str, side: str) -> L
         return sdr[0]
     choices = f"{side} layers with SDR values: {_listing(_sdr(records))}"
     if not hits:
-        raise UsageError(f"--pair: no {side} layer matches {sel!r}", choices)
+        raise UsageError(f"{option('pair')}: no {side} layer matches {sel!r}", choices)
     if not sdr:
         without = "; ".join(
             f"{r.name} ({r.analysis}{': ' + r.reason if r.reason else ''})" for r in hits
         )
         raise UsageError(
-            f"--pair: {sel!r} names no {side} layer with SDR values: {without}", choices
+            f"{option('pair')}: {sel!r} names no {side} layer with SDR values: {without}", choices
         )
     raise UsageError(
-        f"--pair: {sel!r} matches {len(sdr)} {side} layers with SDR values: {_listing(sdr)}",
+        f"{option('pair')}: {sel!r} matches {len(sdr)} {side} layers with SDR values: "
+        f"{_listing(sdr)}",
         "name one of them (a dotted name or an index)",
     )
 
@@ -320,8 +323,8 @@ def explicit_pairs(
         key = (d.index, e.index)
         if key in seen:
             raise UsageError(
-                f"--pair {dec_sel}={enc_sel}: decoder {d.name} and encoder {e.name} are already "
-                f"paired by --pair {seen[key]}",
+                f"{option('pair')} {dec_sel}={enc_sel}: decoder {d.name} and encoder {e.name} are "
+                f"already paired by {option('pair')} {seen[key]}",
                 "give each pair of layers once",
             )
         seen[key] = f"{dec_sel}={enc_sel}"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..config import DEFAULT_TOLERANCE
-from ..errors import ModelInputError, NothingToAnalyseError
+from ..errors import ModelInputError, NothingToAnalyseError, option
 from ..model.hooks import eval_mode, forward_hooks
 from ..model.layers import ALL_LEVELS, AnalysisKind, LayerRecord
 from ..model.levels import Level
@@ -338,7 +338,7 @@ def collect_statistics(
     if source.available is not None and num_samples > source.available:
         raise ModelInputError(
             f"{num_samples} samples asked for, but the input files hold {source.available}",
-            f"pass --num-samples {source.available} or fewer",
+            f"pass {option('num_samples')} {source.available} or fewer",
         )
     modules = dict(model.named_modules(remove_duplicate=False))
     weights: dict[int, torch.Tensor] = {}
@@ -402,8 +402,8 @@ def collect_statistics(
                     if size == 1:
                         raise NothingToAnalyseError(
                             f"out of memory on {device} even with a batch of 1 sample",
-                            "free device memory, analyse fewer layers (--layers) or use "
-                            "--device cpu",
+                            f"free device memory, analyse fewer layers ({option('layers')}) "
+                            f"or use {option('device')} cpu",
                         )
                     size, halvings = _halved(size), halvings + 1
                     continue
@@ -505,7 +505,7 @@ def run_sdr(
         reasons = "; ".join(f"{r.name}: {r.reason}" for r in records)
         raise NothingToAnalyseError(
             f"none of the chosen layers can be analysed ({reasons})",
-            "choose other layers with --layers",
+            f"choose other layers with {option('layers')}",
         )
     stats = collect_statistics(
         model, records, source, num_samples=num_samples, batch_size=batch_size, device=device,

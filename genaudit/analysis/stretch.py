@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..errors import NothingToAnalyseError, UsageError
+from ..errors import NothingToAnalyseError, UsageError, option
 from ..model.hooks import eval_mode, forward_hooks
 from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
 from ..model.levels import Level
@@ -205,7 +205,7 @@ def output_map(output: Any) -> torch.Tensor:
     if t is None:
         raise NothingToAnalyseError(
             f"the model returned {type(output).__name__}, not a tensor",
-            "stretch compares output maps: audit a generator or decoder (see --module)",
+            f"stretch compares output maps: audit a generator or decoder (see {option('module')})",
         )
     if t.ndim not in (3, 4, 5) or not t.is_floating_point():
         shape = "×".join(map(str, t.shape))
@@ -213,7 +213,7 @@ def output_map(output: Any) -> torch.Tensor:
         raise NothingToAnalyseError(
             f"the model's output has shape {shape}{kind}: not a map (N, C, L), "
             "(N, C, H, W) or (N, C, D, H, W), so a stretched output cannot be compared",
-            "stretch applies to generators and decoders; use --module to pick one",
+            f"stretch applies to generators and decoders; use {option('module')} to pick one",
         )
     return t
 
@@ -229,7 +229,7 @@ def _check_layer(record: LayerRecord, axis: str | None) -> None:
         try:
             axis_dims(axis, len(record.output_shape) - 1)
         except UsageError as exc:
-            raise UsageError(f"layer {record.name!r}: {exc.message}", exc.hint) from None
+            raise UsageError(f"layer {record.name!r}: {exc.raw_message}", exc.raw_hint) from None
 
 
 def _squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -292,9 +292,9 @@ def run_stretch(
         One ``StretchLayerResult`` per selected layer, in execution order.
     """
     if num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
+        raise UsageError(f"{option('num_samples')} must be at least 1, got {num_samples}")
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"{option('batch_size')} must be at least 1, got {batch_size}")
     chosen = list(selected) if selected is not None else choose_stretch_layers(records)
     chosen = sorted({r.index: r for r in chosen}.values(), key=lambda r: r.index)
     if not chosen:

@@ -278,10 +278,10 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
             out.print()
             out.print(drift_table(result, width=out.width))
         out.print()
-        out.print(result.summary_line(), markup=False, soft_wrap=True)
+        out.print(result.summary_line("cli"), markup=False, soft_wrap=True)
     for text in notes:
         note(text)
     gate.write_to_github_actions(
-        gate.github_annotations(result, model), gate.step_summary(result, model), sys.stderr
+        gate.github_annotations(result, model), gate.step_summary(result, model, "cli"), sys.stderr
     )
     return result

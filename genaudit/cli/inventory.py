@@ -90,4 +90,5 @@ def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
         emit(csv_out, to_csv(("arch", "argument", "default", "summary"), rows))
     if "-" not in (json_out, csv_out):
         out = stdout_console()
-        out.print(archs_table(entries, width=out.width))
+        title = "architectures for --arch NAME (keyword arguments via --arch-kwargs JSON)"
+        out.print(archs_table(entries, title, width=out.width))

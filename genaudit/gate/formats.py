@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
+from ..errors import OptionStyle
 from .metrics import fmt_value
 from .verdict import GateResult
 
@@ -107,13 +108,14 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def step_summary(result: GateResult, model: str) -> str:
-    """Markdown for ``$GITHUB_STEP_SUMMARY``: verdict, then a table of every check."""
+def step_summary(result: GateResult, model: str, style: OptionStyle) -> str:
+    """Markdown for ``$GITHUB_STEP_SUMMARY``: verdict, then a table of every check; ``style``
+    phrases the options the verdict names (see :meth:`GateResult.summary_line`)."""
     head = {"pass": "✅ passed", "warn": "⚠️ passed with warnings", "fail": "❌ failed"}
     lines = [
         f"## genaudit check `{_md(model)}`: {head[result.verdict]}",
         "",
-        _md(result.summary_line()),
+        _md(result.summary_line(style)),
         "",
         "| rule | layer / level | value | bound | severity | result |",
         "|---:|---|---:|---|---|---|",

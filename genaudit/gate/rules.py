@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from ..config import check_keys
-from ..errors import UsageError
+from ..errors import UsageError, option
 from .baseline import DEFAULT_DRIFT
 from .metrics import METRICS, Family
 
@@ -151,12 +151,12 @@ def parse_rule_table(entry: Any, where: str, source: str) -> Rule:
 def parse_rule_flag(text: str) -> Rule:
     """``--rule METRIC:SELECT:MIN:MAX:SEVERITY``; empty or missing fields take their defaults
     (select all, no bound, fail), e.g. ``stretch.rel_mse:fine::0.3`` or ``sdr.sd_log10::::warn``."""
-    where = f"--rule {text!r}"
+    where = f"{option('rule')} {text!r}"
     parts = text.split(":")
     if len(parts) > 5 or not parts[0].strip():
         raise UsageError(
             f"{where} is not METRIC:SELECT:MIN:MAX:SEVERITY",
-            "e.g. --rule stretch.rel_mse:fine::0.3",
+            f"e.g. {option('rule')} stretch.rel_mse:fine::0.3",
         )
     parts += [""] * (5 - len(parts))
     metric, select, lo, hi, severity = (p.strip() for p in parts)
@@ -241,7 +241,7 @@ def parse_check_config(
     if not rules:
         raise UsageError(
             "no rules to check: the default rules are off and none are configured",
-            "add [[check.rules]] tables or --rule flags, or drop default_rules = false",
+            f"add [[check.rules]] tables or {option('rule')} flags, or drop default_rules = false",
         )
     numbered = tuple(
         Rule(r.metric, r.select, r.min, r.max, r.severity, r.source, k)

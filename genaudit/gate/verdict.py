@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ExitCode
+from ..errors import ExitCode, OptionStyle, option, render_options
 from .baseline import DriftCheck
 from .metrics import MetricTable, fmt_value
 from .rules import Rule
@@ -117,7 +117,9 @@ class GateResult:
     def exit_code(self) -> ExitCode:
         return ExitCode.GATE_FAILED if self.verdict == "fail" else ExitCode.OK
 
-    def summary_line(self) -> str:
+    def summary_line(self, style: OptionStyle) -> str:
+        """The verdict and the counts in one line; ``style`` phrases the options it names for
+        the command line (``"cli"``) or the Python API (``"api"``)."""
         n = len(self.evaluations)
         parts = [f"{n - len(self.failed) - len(self.warned)} passed"]
         if self.warned:
@@ -130,8 +132,8 @@ class GateResult:
                      f"{len(self.drifted)} beyond tolerance")  # fmt: skip
         head = {"pass": "PASSED", "warn": "PASSED with warnings", "fail": "FAILED"}[self.verdict]
         if self.verdict == "fail" and self.fail_on_warn and not self.failed and not self.drifted:
-            head = "FAILED (warnings count as failures: --fail-on-warn)"
-        return f"{head}: {text}"
+            head = f"FAILED (warnings count as failures: {option('fail_on_warn')})"
+        return render_options(f"{head}: {text}", style)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -41,14 +41,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UnsafeCheckpointError, first_line
+from ..errors import CheckpointError, UnsafeCheckpointError, first_line, option
 from .formats import DESCRIPTIONS, Format, Probe, name_list, one_line_error, probe_format
 
 __all__ = ["RawCheckpoint", "read_checkpoint"]
 
 _HINT_TRUST = (
-    "pass --trust-checkpoint if you trust its author (code will run), "
-    "or save model.state_dict() and pass --arch"
+    f"pass {option('trust_checkpoint')} if you trust its author (code will run), "
+    f"or save model.state_dict() and pass {option('arch')}"
 )
 
 
@@ -87,7 +87,7 @@ def _resolve_global(name: str) -> tuple[set[str], Any]:
         candidates = [
             (".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)
         ]
-    hint = "name an importable object, e.g. --allow-global argparse.Namespace"
+    hint = f"name an importable object, e.g. {option('allow_global')} argparse.Namespace"
     for module_name, qualname in candidates:
         if not module_name or not qualname:
             continue
@@ -97,11 +97,12 @@ def _resolve_global(name: str) -> tuple[set[str], Any]:
             if exc.name is not None and module_name.startswith(exc.name):
                 continue  # this prefix is not a module: try a shorter one
             raise CheckpointError(
-                f"cannot import {module_name} for --allow-global {spec}: {exc}", hint
+                f"cannot import {module_name} for {option('allow_global')} {spec}: {exc}", hint
             ) from None
         except Exception as exc:  # importing user-named code may fail in any way
             raise CheckpointError(
-                f"cannot import {module_name} for --allow-global {spec}: {first_line(exc, 160)}",
+                f"cannot import {module_name} for {option('allow_global')} {spec}: "
+                f"{first_line(exc, 160)}",
                 hint,
             ) from None
         try:
@@ -109,7 +110,7 @@ def _resolve_global(name: str) -> tuple[set[str], Any]:
                 obj = getattr(obj, attr)
         except AttributeError:
             raise CheckpointError(
-                f"--allow-global {spec}: {module_name} has no {qualname}", hint
+                f"{option('allow_global')} {spec}: {module_name} has no {qualname}", hint
             ) from None
         names = {f"{module_name}.{qualname}"}
         own_module = getattr(obj, "__module__", None)
@@ -117,7 +118,9 @@ def _resolve_global(name: str) -> tuple[set[str], Any]:
         if isinstance(own_module, str) and isinstance(own_qualname, str):
             names.add(f"{own_module}.{own_qualname}")
         return names, obj
-    raise CheckpointError(f"--allow-global {spec}: no importable module in this name", hint)
+    raise CheckpointError(
+        f"{option('allow_global')} {spec}: no importable module in this name", hint
+    )
 
 
 # Modules whose members can run code or touch the system: never suggested for --allow-global.
@@ -181,8 +184,8 @@ def _refusal(probe: Probe, shown: str) -> UnsafeCheckpointError:
             return UnsafeCheckpointError(message, _HINT_TRUST)
         return UnsafeCheckpointError(
             message,
-            f"if they are inert data types pass --allow-global NAME (e.g. --allow-global "
-            f"{inert_looking[0]}); otherwise {_HINT_TRUST}",
+            f"if they are inert data types pass {option('allow_global')} NAME "
+            f"(e.g. {option('allow_global')} {inert_looking[0]}); otherwise {_HINT_TRUST}",
         )
     if fmt == "pickle":
         return UnsafeCheckpointError(
@@ -192,9 +195,9 @@ def _refusal(probe: Probe, shown: str) -> UnsafeCheckpointError:
     if fmt == "torchscript":
         return UnsafeCheckpointError(
             f"refusing to load {shown}: a TorchScript archive (compiled model code)",
-            "pass --trust-checkpoint to read only its weights (its code is loaded; pass --arch "
-            "too, since hooks cannot see inside TorchScript), or save model.state_dict() and "
-            "pass --arch",
+            f"pass {option('trust_checkpoint')} to read only its weights (its code is loaded; "
+            f"pass {option('arch')} too, since hooks cannot see inside TorchScript), or save "
+            f"model.state_dict() and pass {option('arch')}",
         )
     if fmt == "torch-export":
         return UnsafeCheckpointError(
@@ -204,8 +207,8 @@ def _refusal(probe: Probe, shown: str) -> UnsafeCheckpointError:
     bundled = f" bundling {name_list(sources)}" if sources else ""
     return UnsafeCheckpointError(
         f"refusing to load {shown}: a torch.package archive{bundled}",
-        "torch.package archives are not supported even with --trust-checkpoint: "
-        "save model.state_dict() and pass --arch",
+        f"torch.package archives are not supported even with {option('trust_checkpoint')}: "
+        f"save model.state_dict() and pass {option('arch')}",
     )
 
 
@@ -365,7 +368,7 @@ def read_checkpoint(
             raise one_line_error(f"cannot unpickle {shown}: {first_line(exc, 160)}") from None
     raise CheckpointError(
         f"cannot load {shown}: {DESCRIPTIONS[fmt]} is unsupported even when trusted",
-        "save model.state_dict() (torch.save or safetensors) and pass --arch",
+        f"save model.state_dict() (torch.save or safetensors) and pass {option('arch')}",
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArchitectureError
+from ..errors import ArchitectureError, OptionStyle, option, render_options
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,16 @@ class InputInfo:
 class ArchEntry:
     name: str
     factory: Callable[..., nn.Module]
-    summary: str
+    raw_summary: str  # may name the user's options (:func:`~genaudit.errors.option`)
+
+    @property
+    def summary(self) -> str:
+        """The one-line description, options phrased for the command line."""
+        return self.summary_for("cli")
+
+    def summary_for(self, style: OptionStyle) -> str:
+        """The one-line description, options phrased for ``style``."""
+        return render_options(self.raw_summary, style)
 
     def defaults(self) -> dict[str, Any]:
         """The factory's keyword arguments and their default values."""
@@ -71,7 +80,8 @@ def get(name: str) -> ArchEntry:
     except KeyError:
         raise ArchitectureError(
             f"unknown architecture {name!r}; registered: {', '.join(list_architectures())}",
-            "use one of these names, or pass --arch pkg.module:Factory for your own code",
+            f"use one of these names, or pass {option('arch')} pkg.module:Factory for your own "
+            "code",
         ) from None
 
 
@@ -235,6 +245,9 @@ def vae_decoder(image_size: int = 64, nc: int = 3, nz: int = 32, ngf: int = 32) 
     return VAEDecoder(image_size, nc, nz, ngf)
 
 
-@register("vae", "β-VAE with .encoder and .decoder; forward decodes (use --module to pick a half)")
+@register(
+    "vae",
+    f"β-VAE with .encoder and .decoder; forward decodes (use {option('module')} to pick a half)",
+)
 def vae(image_size: int = 64, nc: int = 3, nz: int = 32, nef: int = 32, ngf: int = 32) -> nn.Module:
     return VAE(image_size, nc, nz, nef, ngf)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, StateDictMismatchError, first_line
+from ..errors import CheckpointError, StateDictMismatchError, first_line, option
 
 __all__ = ["find_state_dicts", "load_into", "select_state_dict"]
 
@@ -169,8 +169,8 @@ def _mismatch_hint(available: Sequence[str]) -> str:
     keys = ", ".join(repr(k) for k in sorted(available)[:_MAX_KEYS])
     more = ", …" if len(available) > _MAX_KEYS else ""
     return (
-        f"pick the weights with --state-key (found: {keys}{more}), strip a key prefix with "
-        "--strip-prefix, or check --arch / --arch-kwargs"
+        f"pick the weights with {option('state_key')} (found: {keys}{more}), strip a key prefix "
+        f"with {option('strip_prefix')}, or check {option('arch')} / {option('arch_kwargs')}"
     )
 
 
@@ -199,12 +199,12 @@ def select_state_dict(
     if not candidates:
         raise CheckpointError(
             "the checkpoint holds no state dict (no dict of tensors was found in it)",
-            "save model.state_dict() and pass --arch",
+            f"save model.state_dict() and pass {option('arch')}",
         )
     if state_key is not None:
         if state_key not in candidates:
             raise CheckpointError(
-                f"no state dict at --state-key {state_key!r}; found: "
+                f"no state dict at {option('state_key')} {state_key!r}; found: "
                 + ", ".join(repr(k) for k in sorted(candidates)),
                 "pass one of these keys ('' is the top level)",
             )
@@ -221,7 +221,8 @@ def select_state_dict(
         if not variants:
             where = f"at {_where(state_key)}" if state_key is not None else "in the checkpoint"
             raise CheckpointError(
-                f"--strip-prefix {strip_prefix!r}: no state dict {where} has it on every key",
+                f"{option('strip_prefix')} {strip_prefix!r}: no state dict {where} has it on "
+                "every key",
                 "check the prefix (it is matched at the start of every key)",
             )
     else:
@@ -246,7 +247,7 @@ def select_state_dict(
     if fitting:
         raise CheckpointError(
             "ambiguous: state dicts at " + ", ".join(repr(k) for k in sorted(fitting)) + " all fit",
-            "pass --state-key to pick one",
+            f"pass {option('state_key')} to pick one",
         )
     assert best is not None  # variants is non-empty, so some candidate was scored
     _, key, stripped, fit = best
@@ -267,12 +268,13 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     if not fit.ok:
         raise StateDictMismatchError(
             f"the weights do not fit the model: {fit.describe()}",
-            "pick other weights with --state-key / --strip-prefix, or check --arch / --arch-kwargs",
+            f"pick other weights with {option('state_key')} / {option('strip_prefix')}, or check "
+            f"{option('arch')} / {option('arch_kwargs')}",
         )
     try:
         model.load_state_dict(_filled(state_dict, expected), strict=True)
     except RuntimeError as exc:
         raise StateDictMismatchError(
             f"the weights do not fit the model: {first_line(exc, 160)}",
-            "check --arch / --arch-kwargs",
+            f"check {option('arch')} / {option('arch_kwargs')}",
         ) from None

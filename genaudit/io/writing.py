@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, option
 from ..files import write_atomic
 from . import registry as zoo
 
@@ -88,11 +88,11 @@ def arch_from_metadata(metadata: Mapping[str, str]) -> tuple[str, dict[str, Any]
     except (TypeError, json.JSONDecodeError):
         raise CheckpointError(
             f"the checkpoint's {_META_KWARGS} metadata is not valid JSON: {str(raw)[:80]!r}",
-            "pass --arch and --arch-kwargs explicitly",
+            f"pass {option('arch')} and {option('arch_kwargs')} explicitly",
         ) from None
     if not isinstance(kwargs, dict):
         raise CheckpointError(
             f"the checkpoint's {_META_KWARGS} metadata is not a JSON object: {str(raw)[:80]!r}",
-            "pass --arch and --arch-kwargs explicitly",
+            f"pass {option('arch')} and {option('arch_kwargs')} explicitly",
         )
     return name, kwargs

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelInputError, UsageError, first_line
+from ..errors import ModelInputError, UsageError, first_line, option
 from ..io import registry as zoo
 from .hooks import forward_hooks
 from .layers import is_audited_layer
@@ -36,8 +36,12 @@ class InputOptions:
     seed: int = 0
 
 
-def _read_array_file(path: str, what: str) -> dict[str, torch.Tensor]:
-    """Read tensors from .npy, .safetensors or a weights-only torch file, chosen by content."""
+def _read_array_file(path: str, option_name: str) -> dict[str, torch.Tensor]:
+    """Read tensors from .npy, .safetensors or a weights-only torch file, chosen by content.
+
+    ``option_name`` is the user's option that named the file (``"latents"``), for messages.
+    """
+    what = option(option_name)
     p = Path(path)
     if not p.is_file():
         raise ModelInputError(
@@ -68,9 +72,13 @@ def _read_array_file(path: str, what: str) -> dict[str, torch.Tensor]:
     raise ModelInputError(f"{what} file {path} holds {type(obj).__name__}, not a tensor")
 
 
-def read_tensor_file(path: str, what: str) -> torch.Tensor:
-    """One tensor from a file (a file with several tensors must hold exactly one)."""
-    tensors = _read_array_file(path, what)
+def read_tensor_file(path: str, option_name: str) -> torch.Tensor:
+    """One tensor from a file (a file with several tensors must hold exactly one).
+
+    ``option_name`` is the user's option that named the file (``"latents"``, ``"inputs"``).
+    """
+    tensors = _read_array_file(path, option_name)
+    what = option(option_name)
     if len(tensors) != 1:
         raise ModelInputError(
             f"{what} file {path} holds {len(tensors)} tensors "
@@ -113,7 +121,7 @@ class InputSource:
         if self.available is not None and num_samples > self.available:
             raise ModelInputError(
                 f"{num_samples} samples asked for, but the input files hold {self.available}",
-                f"pass --num-samples {self.available} or fewer",
+                f"pass {option('num_samples')} {self.available} or fewer",
             )
         for start in range(0, num_samples, batch_size):
             stop = min(start + batch_size, num_samples)
@@ -155,11 +163,11 @@ def latent_source(
 ) -> InputSource:
     """Latents z of ``shape`` (normal or uniform on [-1, 1]) and, for conditional models, labels."""
     if dist not in ("normal", "uniform"):
-        raise UsageError(f"unknown --z-dist {dist!r}", "use normal or uniform")
+        raise UsageError(f"unknown {option('z_dist')} {dist!r}", "use normal or uniform")
     if label_format not in ("int", "onehot"):
-        raise UsageError(f"unknown --label-format {label_format!r}", "use int or onehot")
+        raise UsageError(f"unknown {option('label_format')} {label_format!r}", "use int or onehot")
     if num_classes is not None and num_classes < 1:
-        raise UsageError("--num-classes must be at least 1")
+        raise UsageError(f"{option('num_classes')} must be at least 1")
 
     def block(gen: torch.Generator, n: int) -> tuple[torch.Tensor, ...]:
         if dist == "normal":
@@ -210,20 +218,19 @@ def sampler_source(spec: str, seed: int) -> InputSource:
     The sampler is called once per block of samples with a generator seeded from (seed, block),
     so that its k-th sample does not depend on the batch size either.
     """
-    fn = import_object(spec, "--sampler")
+    fn = import_object(spec, "sampler")
+    what = option("sampler")
 
     def one_block(gen: torch.Generator, n: int) -> tuple[torch.Tensor, ...]:
         try:
             out = fn(n, gen, torch.device("cpu"))
         except Exception as exc:  # user code
-            raise ModelInputError(f"--sampler {spec} failed: {type(exc).__name__}: {exc}") from None
+            raise ModelInputError(f"{what} {spec} failed: {type(exc).__name__}: {exc}") from None
         outs = out if isinstance(out, tuple | list) else (out,)
         if not outs or not all(isinstance(t, torch.Tensor) for t in outs):
-            raise ModelInputError(f"--sampler {spec} must return a tensor or a tuple of tensors")
+            raise ModelInputError(f"{what} {spec} must return a tensor or a tuple of tensors")
         if any(t.ndim == 0 or t.shape[0] != n for t in outs):
-            raise ModelInputError(
-                f"--sampler {spec} asked for {n} samples returned other batch sizes"
-            )
+            raise ModelInputError(f"{what} {spec} asked for {n} samples returned other batch sizes")
         return tuple(t.cpu() for t in outs)
 
     def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
@@ -284,7 +291,8 @@ def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
     raise ModelInputError(
         "cannot infer the model's input: no first Linear or ConvTranspose layer accepted a latent"
         + (f" (tried {', '.join(map(str, tried))})" if tried else ""),
-        "pass --z-shape (e.g. 100 or 100,1,1), --latents FILE or --sampler pkg.module:function",
+        f"pass {option('z_shape')} (e.g. 100 or 100,1,1), {option('latents')} FILE or "
+        f"{option('sampler')} pkg.module:function",
     )
 
 
@@ -297,11 +305,13 @@ def _model_device(model: nn.Module) -> torch.device:
 def make_input_source(model: nn.Module, options: InputOptions) -> InputSource:
     """Choose the input source by priority: files, sampler, shape, inference."""
     if options.inputs and options.latents:
-        raise UsageError("--inputs and --latents are alternatives: pass one of them")
+        raise UsageError(
+            f"{option('inputs')} and {option('latents')} are alternatives: pass one of them"
+        )
     if options.latents or options.inputs:
         files = list(options.latents) if options.latents else [str(options.inputs)]
-        what = "--latents" if options.latents else "--inputs"
-        tensors = [read_tensor_file(f, what) for f in files]
+        given = "latents" if options.latents else "inputs"
+        tensors = [read_tensor_file(f, given) for f in files]
         return tensor_source(tensors, files, "latents" if options.latents else "data")
     if options.sampler:
         return sampler_source(options.sampler, options.seed)
@@ -358,5 +368,6 @@ def trial_forward(model: nn.Module, source: InputSource, device: torch.device) -
         first = first_line(exc)
         raise ModelInputError(
             f"the model failed on inputs of shape {shapes}: {type(exc).__name__}: {first}"[:400],
-            "pass --z-shape, --latents, --sampler or --inputs to match what the model expects",
+            f"pass {option('z_shape')}, {option('latents')}, {option('sampler')} or "
+            f"{option('inputs')} to match what the model expects",
         ) from None

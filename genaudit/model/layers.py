@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..analysis.spectral import sdr_skip_reason
-from ..errors import NothingToAnalyseError, UsageError
+from ..errors import NothingToAnalyseError, UsageError, option
 from .hooks import eval_mode, forward_hooks
 from .levels import ALL_LEVELS, LEVELS, LINEAR_LEVEL, READOUT_LEVEL, Level, is_level, matches_layer
 
@@ -273,7 +273,8 @@ def walk_layers(
     if not seen:
         raise NothingToAnalyseError(
             "no Linear or convolution layer ran in a forward pass of the model",
-            "check --module: genaudit audits Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear layers",
+            f"check {option('module')}: genaudit audits Conv1d/2d/3d, ConvTranspose1d/2d/3d and "
+            "Linear layers",
         )
     recs = [_record(i, s) for i, s in enumerate(seen)]
     levels = assign_levels(recs)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArchitectureError, UsageError
+from ..errors import ArchitectureError, UsageError, option
 from ..io import registry as zoo
 from ..io.reading import read_checkpoint
 from ..io.state_dicts import find_state_dicts, load_into, select_state_dict
@@ -37,7 +37,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise UsageError(f"unknown device {spec!r}", "use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise UsageError(
-            f"device {spec!r} asked for, but CUDA is not available here", "use --device cpu"
+            f"device {spec!r} asked for, but CUDA is not available here",
+            f"use {option('device')} cpu",
         )
     index = int(m.group(1) or 0)
     if index >= torch.cuda.device_count():
@@ -50,8 +51,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
 # --------------------------------------------------------------------------- importing user code
 
 
-def import_object(spec: str, what: str) -> Any:
-    """Import ``pkg.module:attr`` that the user named explicitly on the command line."""
+def import_object(spec: str, option_name: str) -> Any:
+    """Import ``pkg.module:attr`` that the user named explicitly with the option ``option_name``
+    (``"arch"``, ``"sampler"``)."""
+    what = option(option_name)
     if not _SPEC.match(spec):
         raise UsageError(f"{what} {spec!r} is not of the form pkg.module:name")
     module_name, attr = spec.split(":", 1)
@@ -125,24 +128,24 @@ def build_architecture(
         if found is None:
             raise ArchitectureError(
                 f"{source} holds weights only and does not say which architecture they belong to",
-                "pass --arch pkg.module:Factory (your model code) or a registered name: "
+                f"pass {option('arch')} pkg.module:Factory (your model code) or a registered name: "
                 + ", ".join(zoo.list_architectures()),
             )
         name, kwargs = found
         kwargs = {**kwargs, **arch_kwargs}
         return zoo.build(name, kwargs), name, kwargs
     if ":" in arch:
-        factory = import_object(arch, "--arch")
+        factory = import_object(arch, "arch")
         try:
             model = factory(**arch_kwargs)
         except Exception as exc:  # user code: any failure is theirs to see, in one line
             raise ArchitectureError(
-                f"--arch {arch} failed with {type(exc).__name__}: {exc}",
-                "check --arch-kwargs against the factory's signature",
+                f"{option('arch')} {arch} failed with {type(exc).__name__}: {exc}",
+                f"check {option('arch_kwargs')} against the factory's signature",
             ) from None
         if not isinstance(model, nn.Module):
             raise ArchitectureError(
-                f"--arch {arch} returned {type(model).__name__}, not an nn.Module"
+                f"{option('arch')} {arch} returned {type(model).__name__}, not an nn.Module"
             )
         return model, arch, dict(arch_kwargs)
     return zoo.build(arch, arch_kwargs), arch, dict(arch_kwargs)

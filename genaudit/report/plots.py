@@ -19,7 +19,7 @@ import numpy as np
 
 from ..analysis.compare import Comparison
 from ..analysis.sdr import LayerSDR, SDRResult
-from ..errors import UsageError
+from ..errors import UsageError, option
 from ..files import write_atomic
 from .export import PLOT_SUFFIXES, check_suffix
 
@@ -47,7 +47,7 @@ def _figure_class() -> Any:
         from matplotlib.figure import Figure
     except ImportError:
         raise UsageError(
-            "--plot needs matplotlib, which is not installed",
+            f"{option('plot')} needs matplotlib, which is not installed",
             'install the plotting extra: python3 -m pip install "genaudit[plot]"',
         ) from None
     return Figure
@@ -115,7 +115,7 @@ def sdr_figure(result: SDRResult, title: str = "") -> Figure:
     figure_class = _figure_class()
     layers: list[LayerSDR] = [x for x in result.layers if x.analysis == "sdr"]
     if not layers:
-        raise UsageError("--plot: no SDR layer to plot")
+        raise UsageError(f"{option('plot')}: no SDR layer to plot")
     values = [_finite(layer.log10()) for layer in layers]
     xlim = shared_range(values)
     edges = np.linspace(*xlim, BINS + 1).tolist()
@@ -142,7 +142,7 @@ def comparison_figure(comparison: Comparison, title: str = "") -> Figure:
 
     levels = comparison.levels
     if not levels:
-        raise UsageError("--plot: no pair of layers to plot")
+        raise UsageError(f"{option('plot')}: no pair of layers to plot")
     values = [v for lv in levels for v in (lv.decoder_values, lv.encoder_values)]
     xlim = shared_range(values)
     edges = np.linspace(*xlim, BINS + 1).tolist()

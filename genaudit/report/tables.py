@@ -238,8 +238,13 @@ def comparison_table(
 # --------------------------------------------------------------------------- registry
 
 
-def archs_table(entries: Sequence[ArchEntry], *, width: int = DEFAULT_WIDTH) -> Table:
-    """Registered architectures with their keyword arguments and defaults."""
+def archs_table(
+    entries: Sequence[ArchEntry], title: str | None = None, *, width: int = DEFAULT_WIDTH
+) -> Table:
+    """Registered architectures with their keyword arguments and defaults.
+
+    ``title`` is the caller's: it says how the architectures are chosen (a flag, a keyword).
+    """
 
     def layout() -> Layout:
         cols = [
@@ -255,7 +260,6 @@ def archs_table(entries: Sequence[ArchEntry], *, width: int = DEFAULT_WIDTH) -> 
             cols[2].cells.append(flow(*words(e.summary)))
         return Layout(cols)
 
-    title = "architectures for --arch NAME (keyword arguments via --arch-kwargs JSON)"
     return fit_table([layout], width, title)
 
 
