@@ -74,3 +74,28 @@ def test_first_commands_of_the_readme() -> None:
     )
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "sed -n 2p" in ci and "eval" in ci  # CI evaluates exactly that second line
+
+
+def module_summaries() -> str:
+    """One line per module of the package: its path and the first paragraph of its docstring."""
+    import ast
+
+    lines = []
+    for path in sorted((ROOT / "genaudit").rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        summary = doc.split("\n\n")[0].replace("\n", " ").strip()
+        lines.append(f"- `{path.relative_to(ROOT / 'genaudit').as_posix()}`: {summary}")
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_lists_every_module_with_its_summary() -> None:
+    text = README.read_text(encoding="utf-8")
+    head, _, listed = text.partition("by `tests/test_readme.py`):\n\n")
+    assert listed, "README.md has no layout section"
+    if UPDATE:
+        README.write_text(head + "by `tests/test_readme.py`):\n\n" + module_summaries())
+        return
+    assert listed == module_summaries(), (
+        "README.md's layout section is out of date; regenerate with "
+        "GENAUDIT_UPDATE_README=1 python -m pytest tests/test_readme.py"
+    )

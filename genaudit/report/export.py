@@ -1,4 +1,4 @@
-"""Results → JSON / CSV files, written atomically."""
+"""Machine output: the JSON envelope and text, tidy CSV text, and checks of output paths."""
 
 from __future__ import annotations
 
