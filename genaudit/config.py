@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, first_line, option
 from .values import MAX_SEED
 
 
@@ -69,32 +69,61 @@ _SECTIONS = {"levels", "sdr", "stretch", "check"}
 
 
 def find_config_file(cwd: Path | None = None) -> Path | None:
-    """``genaudit.toml`` in ``cwd``, else a ``pyproject.toml`` there with ``[tool.genaudit]``."""
+    """``genaudit.toml`` in ``cwd``, else a ``pyproject.toml`` there with ``[tool.genaudit]``.
+
+    A ``pyproject.toml`` that cannot be parsed is an error (exit 2), whatever it holds: its
+    ``[tool.genaudit]`` table, if any, cannot be told apart from a file without one, and
+    checking with the default rules in place of the user's would pass a gate that should fail.
+    A valid one without ``[tool.genaudit]`` is ignored.
+    """
     cwd = cwd or Path.cwd()
     own = cwd / "genaudit.toml"
     if own.is_file():
         return own
     py = cwd / "pyproject.toml"
     if py.is_file():
-        try:
-            data = _toml().loads(py.read_text(encoding="utf-8"))
-        except (_toml().TOMLDecodeError, UnicodeDecodeError, OSError):
-            return None  # a broken pyproject.toml that has nothing for us is not our business
-        if "genaudit" in data.get("tool", {}):
+        data = _parse(py, shown="pyproject.toml" if cwd == Path.cwd() else str(py))
+        tool = data.get("tool", {})
+        if isinstance(tool, dict) and "genaudit" in tool:
             return py
     return None
+
+
+def _parse(path: Path, shown: str | None = None) -> dict[str, Any]:
+    """The TOML document in ``path``; UsageError (exit 2) naming the file and, where the parser
+    says it, the line and column, when it cannot be read or parsed."""
+    shown = shown or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"configuration file {shown} is not UTF-8 text") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"cannot read configuration file {shown}: {reason}") from None
+    try:
+        data: dict[str, Any] = _toml().loads(text)
+    except _toml().TOMLDecodeError as exc:
+        raise UsageError(
+            f"configuration file {shown} is not valid TOML: {first_line(exc)}",
+            f"fix it, or name another configuration file with {option('config')}"
+            if path.name == "pyproject.toml"
+            else None,
+        ) from None
+    except RecursionError:
+        raise UsageError(f"configuration file {shown} is nested too deeply") from None
+    return data
 
 
 def read_table(path: Path) -> dict[str, Any]:
     """The genaudit table of a config file (``[tool.genaudit]`` or, in genaudit.toml, top level)."""
     if not path.is_file():
+        if path.exists():
+            raise UsageError(f"configuration file {path} is not a file")
         raise UsageError(f"configuration file {path} does not exist")
-    try:
-        data = _toml().loads(path.read_text(encoding="utf-8"))
-    except (_toml().TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"configuration file {path} is not valid TOML: {exc}") from None
-    if "genaudit" in data.get("tool", {}):
-        table = data["tool"]["genaudit"]
+    data = _parse(path)
+    tool = data.get("tool", {})
+    if isinstance(tool, dict) and "genaudit" in tool:
+        table = tool["genaudit"]
     elif path.name == "pyproject.toml":
         table = {}
     else:

@@ -15,6 +15,11 @@ from .errors import UsageError, option
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::\d+)?")
 # The seed of torch.Generator.manual_seed: an unsigned 64-bit integer.
 MAX_SEED = 2**64 - 1
+# Stretch factors s are bounded to [1e-6, 1e6]: beyond them a stretch turns every map of up to
+# a million pixels per axis into its centre value (s > 1e6) or its edge values (s < 1e-6), and
+# 1/s no longer fits the float32 sampling grid (1e-300 overflows it).
+MIN_STRETCH_FACTOR = 1e-6
+MAX_STRETCH_FACTOR = 1e6
 
 
 def parse_shape(text: str | None, what: str = option("z_shape")) -> tuple[int, ...] | None:
@@ -62,4 +67,19 @@ def check_positive_finite(value: float, what: str) -> float:
     """A finite number > 0 (a stretch factor, a tolerance)."""
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"{what} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_stretch_factor(value: float, what: str = "stretch factor") -> float:
+    """A stretch factor: a finite number from :data:`MIN_STRETCH_FACTOR` to
+    :data:`MAX_STRETCH_FACTOR` (what the bound is for: see there)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{what} must be a finite number > 0, got {value!r}")
+    if not MIN_STRETCH_FACTOR <= value <= MAX_STRETCH_FACTOR:
+        raise UsageError(
+            f"{what} must be from {MIN_STRETCH_FACTOR:g} to {MAX_STRETCH_FACTOR:g}, got {value!r}",
+            "beyond these bounds every map becomes constant (its centre or edge values)",
+        )
     return value

@@ -488,6 +488,39 @@ def test_allow_globals_unresolvable(name: str, tmp_path: Path, sd: dict) -> None
     assert "nosuchmodule_xyz" not in sys.modules
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "builtins.exec",
+        "builtins.eval",
+        "runpy._run_code",
+        "torch.storage._load_from_bytes",
+        "numpy.testing._private.utils.runstring",
+        "logging.FileHandler",
+        "os.system",
+        "pathlib.Path.touch",
+    ],
+)
+def test_allow_globals_refuses_functions_and_denied_modules(name: str, sd: dict) -> None:
+    before = set(sys.modules)
+    with pytest.raises(CheckpointError, match=r"--allow-global .*refused") as info:
+        read_checkpoint("unused.pt", allow_globals=[name])  # refused before the file is read
+    assert info.value.exit_code == 3
+    assert "numpy.testing" in before or "numpy.testing" not in sys.modules
+    assert "FileHandler" not in (info.value.hint or "")
+
+
+def test_allow_globals_records_what_the_file_used(tmp_path: Path, sd: dict) -> None:
+    path = tmp_path / "with_args.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1), "netG": sd}, path)
+    raw = read_checkpoint(path, allow_globals=["argparse.Namespace", "torch.Size"])
+    assert raw.allowed_globals == ("argparse.Namespace",) and not raw.trusted
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_checkpoint(path)
+    assert info.value.hint is not None
+    assert info.value.hint.startswith("they are inert data types: pass --allow-global argparse.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Code-bearing formats are refused
 

@@ -154,3 +154,66 @@ def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
 def test_parse_shape_errors(text: str) -> None:
     with pytest.raises(UsageError):
         parse_shape(text)
+
+
+# --------------------------------------------------------------------------- exported programs
+
+
+def _export(tmp_path, batch: int, dynamic: bool = False):
+    from torch.export import Dim
+
+    torch.manual_seed(1)
+    model = zoo.build("dcgan_generator", {"ngf": 4, "nz": 8, "image_size": 16}).eval()
+    z = torch.randn(batch, 8, 1, 1)
+    shapes = ({0: Dim("batch", min=1, max=4096)},) if dynamic else None
+    path = tmp_path / f"g{batch}{'d' * dynamic}.pt2"
+    torch.export.save(torch.export.export(model, (z,), dynamic_shapes=shapes), path)
+    return path
+
+
+def test_static_batch_size_of_an_exported_program(tmp_path) -> None:
+    from genaudit.model.exported import static_batch_size, static_input_shapes
+    from genaudit.model.loading import LoadOptions, load_model
+
+    static = load_model(_export(tmp_path, 3), LoadOptions(trust_checkpoint=True)).model
+    dynamic = load_model(_export(tmp_path, 3, True), LoadOptions(trust_checkpoint=True)).model
+    assert static_input_shapes(static) == [(3, 8, 1, 1)]
+    assert static_batch_size(static) == 3
+    assert static_batch_size(dynamic) is None
+    assert static_batch_size(zoo.build("dcgan_generator", {"ngf": 4, "nz": 8})) is None
+    # the latent shape comes from the program; trial runs use its batch size
+    assert infer_latent_shape(static) == (8, 1, 1)
+    source = make_input_source(static, InputOptions())
+    assert source.fixed_batch == 3 and source.first_batch()[0].shape[0] == 3
+    trial_forward(static, source, CPU)
+    assert [t[0].shape[0] for t in source.batches(6, 64)] == [3, 3]
+    with pytest.raises(UsageError, match="exactly 3 samples") as info:
+        list(source.batches(7, 64))
+    assert "6 or 9" in (info.value.hint or "")
+    assert make_input_source(dynamic, InputOptions()).fixed_batch is None
+    # what the exported generator feeds keeps its batch size
+    from genaudit.model.inputs import generated_source
+
+    fed = generated_source(static, source, CPU)
+    assert fed.fixed_batch == 3 and fed.first_batch()[0].shape == (3, 3, 16, 16)
+
+
+def test_exported_program_with_a_fixed_batch_needs_no_batch_size(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from genaudit.cli import app
+
+    path = str(_export(tmp_path, 3))
+    runner = CliRunner()
+    base = ["--trust-checkpoint", "--device", "cpu"]
+    res = runner.invoke(app, ["sdr", path, *base, "--num-samples", "6", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["results"]["num_samples"] == 6 and doc["results"]["batch_size_final"] == 3
+    res = runner.invoke(app, ["stretch", path, *base, "--num-samples", "6", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["sdr", path, *base, "--num-samples", "8"])
+    assert res.exit_code == 2, res.output
+    assert "exactly 3 samples" in res.stderr and "--num-samples 6 or 9" in res.stderr

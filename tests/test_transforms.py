@@ -197,6 +197,47 @@ def test_bad_stretch_factor(factor: object) -> None:
         stretch(torch.zeros(1, 1, 4, 4), factor)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("factor", [1e-300, 1e-7, 1e7, 1e300, 5e-324])
+def test_extreme_stretch_factor_is_a_usage_error(factor: float) -> None:
+    with pytest.raises(UsageError, match=r"stretch factor must be from 1e-06 to 1e\+06"):
+        make_transform("stretch", factor, "horizontal")
+    with pytest.raises(UsageError, match="stretch factor"):
+        stretch(torch.zeros(1, 1, 4, 4), factor)
+
+
+@pytest.mark.parametrize("factor", ["1e-300", "1e300"])
+def test_extreme_factor_on_the_command_line_exits_2(factor: str) -> None:
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from genaudit.cli import app
+
+    model = str(Path(__file__).parent.parent / "fixtures" / "dcgan64_generator.safetensors")
+    args = ["stretch", model, "--factor", factor, "--num-samples", "2", "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "stretch factor must be from 1e-06 to 1e+06" in res.stderr
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e6])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_stretch_factor_at_the_bounds(factor: float, dtype: torch.dtype) -> None:
+    x = torch.randn(2, 3, 8, 8, generator=_gen()).to(dtype)
+    out = make_transform("stretch", factor, "both")(x)
+    assert out.shape == x.shape and out.dtype == dtype and torch.isfinite(out).all()
+    # s = 1e6 samples every pixel at (almost) the centre: each map is nearly constant
+    if factor > 1:
+        assert float((out - out.mean((2, 3), keepdim=True)).abs().max()) < 1e-2
+
+
+def test_huge_shift_is_the_shift_modulo_the_map() -> None:
+    x = torch.randn(1, 2, 6, 8, generator=_gen())
+    k = int(1e300)
+    torch.testing.assert_close(shift(x, 1e300, "horizontal"), torch.roll(x, k % 8, dims=3))
+    torch.testing.assert_close(shift(x, -13, "both"), torch.roll(x, (-13 % 6, -13 % 8), (2, 3)))
+
+
 @pytest.mark.parametrize("pixels", [1.5, float("nan"), "1"])
 def test_bad_shift(pixels: object) -> None:
     with pytest.raises(UsageError, match="whole number of pixels"):

@@ -21,10 +21,12 @@ from torch import nn
 from ..config import DEFAULT_TOLERANCE
 from ..errors import ModelInputError, NothingToAnalyseError, option
 from ..model.hooks import eval_mode, forward_hooks
+from ..model.inputs import check_fixed_batch
 from ..model.layers import ALL_LEVELS, AnalysisKind, LayerRecord
 from ..model.levels import Level
 from .accumulators import CovarianceAccumulator, SpectrumAccumulator
 from .distributed import Accumulator, DistributedRun, all_reduce_accumulators, shard_ranges
+from .finite import NONFINITE_REASON, check_finite_weights, finite_sums, nonfinite_failure
 from .spectral import GridTooSmallError, spectral_density_ratio
 from .trace_method import mechanism_matrix, trace_ratio
 
@@ -33,7 +35,9 @@ class Samples(Protocol):
     """The model's inputs by sample index: ``batch(start, stop)`` gives the positional inputs of
     samples ``start … stop-1``, the same values whichever batch a sample is asked in (so a batch
     can be rerun at half the size, and samples shared among processes); ``available`` is how
-    many samples there are (None: no limit)."""
+    many samples there are (None: no limit). A source may also have ``fixed_batch``, the only
+    batch size the model accepts (:class:`~genaudit.model.inputs.InputSource`): it is then used
+    whatever ``batch_size`` is asked, and ``num_samples`` must be a multiple of it."""
 
     @property
     def available(self) -> int | None: ...
@@ -340,6 +344,11 @@ def collect_statistics(
             f"{num_samples} samples asked for, but the input files hold {source.available}",
             f"pass {option('num_samples')} {source.available} or fewer",
         )
+    fixed: int | None = getattr(source, "fixed_batch", None)
+    if fixed is not None:  # a program exported for one batch size takes no other
+        check_fixed_batch(fixed, num_samples)
+        batch_size = int(fixed)
+    check_finite_weights(model, records)
     modules = dict(model.named_modules(remove_duplicate=False))
     weights: dict[int, torch.Tensor] = {}
     active = [r for r in records if r.analysis != "skipped"]
@@ -399,9 +408,11 @@ def collect_statistics(
                     staging.clear()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-                    if size == 1:
+                    if size == 1 or fixed is not None:
                         raise NothingToAnalyseError(
-                            f"out of memory on {device} even with a batch of 1 sample",
+                            f"out of memory on {device} even with a batch of {size} "
+                            f"sample{'s' * (size > 1)}"
+                            + (" (the exported model takes no other)" if fixed else ""),
                             f"free device memory, analyse fewer layers ({option('layers')}) "
                             f"or use {option('device')} cpu",
                         )
@@ -426,10 +437,18 @@ def layer_sdr(
     accumulator: Accumulator | None,
     weight: torch.Tensor | None,
     tolerance: float,
+    *,
+    finite: bool = True,
 ) -> LayerSDR:
-    """Turn one layer's accumulated statistics into its result."""
+    """Turn one layer's accumulated statistics into its result.
+
+    ``finite=False`` (the accumulated sums hold NaN or infinity, see :func:`run_sdr`) skips the
+    layer with the reason :data:`NONFINITE_REASON`, never "undefined" like a dead kernel.
+    """
     if record.analysis == "skipped" or accumulator is None or weight is None:
         return LayerSDR(record, "skipped", reason=record.reason or "the layer did not run")
+    if not finite:
+        return LayerSDR(record, "skipped", reason=NONFINITE_REASON, samples=accumulator.count)
     if isinstance(accumulator, CovarianceAccumulator):
         a = mechanism_matrix(weight, transposed=record.transposed, groups=record.groups)
         ratio = trace_ratio(a, accumulator.covariance())
@@ -479,6 +498,13 @@ def pool_levels(layers: Sequence[LayerSDR], tolerance: float) -> tuple[LevelSDR,
     return tuple(out)
 
 
+def _require_finite(layers: Sequence[LayerSDR]) -> None:
+    """Exit 4 (:class:`NumericalError`) when non-finite activations leave no layer analysed."""
+    bad = [x.record.name for x in layers if x.reason == NONFINITE_REASON]
+    if bad and all(x.analysis == "skipped" for x in layers):
+        raise nonfinite_failure(bad)
+
+
 def run_sdr(
     model: nn.Module,
     records: Sequence[LayerRecord],
@@ -512,7 +538,13 @@ def run_sdr(
         progress=progress, group=group,
     )  # fmt: skip
     acc, weights = stats.accumulators, stats.weights
-    layers = tuple(layer_sdr(r, acc.get(r.index), weights.get(r.index), tolerance) for r in records)
+    finite = dict(zip(acc, finite_sums(list(acc.values())), strict=True))
+    layers = tuple(
+        layer_sdr(r, acc.get(r.index), weights.get(r.index), tolerance,
+                  finite=finite.get(r.index, True))
+        for r in records
+    )  # fmt: skip
+    _require_finite(layers)
     return SDRResult(
         layers,
         pool_levels(layers, tolerance),

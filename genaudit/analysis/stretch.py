@@ -26,6 +26,7 @@ from ..errors import NothingToAnalyseError, UsageError, option
 from ..model.hooks import eval_mode, forward_hooks
 from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
 from ..model.levels import Level
+from .finite import check_finite_weights
 from .transforms import Transform, axis_dims
 
 CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")
@@ -302,6 +303,7 @@ def run_stretch(
     axis = getattr(transform, "axis", None)
     for record in chosen:
         _check_layer(record, axis if isinstance(axis, str) else None)
+    check_finite_weights(model, records)
     modules = [model.get_submodule(r.name) for r in chosen]
 
     sq_base = torch.zeros((), dtype=torch.float64)

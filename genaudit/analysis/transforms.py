@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..values import check_stretch_factor
 
 AXES = ("horizontal", "vertical", "depth", "both")
 
@@ -114,10 +115,8 @@ def axis_dims(axis: str, d: int) -> tuple[int, ...]:
 
 
 def _check_factor(factor: float) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, int | float):
-        raise UsageError(f"stretch factor must be a number, got {factor!r}")
-    if not math.isfinite(factor) or factor <= 0:
-        raise UsageError(f"stretch factor must be a finite number > 0, got {factor!r}")
+    """A finite factor from 1e-6 to 1e6 (:func:`genaudit.values.check_stretch_factor`)."""
+    check_stretch_factor(factor, "stretch factor")
 
 
 @register(
@@ -142,7 +141,8 @@ def stretch(x: torch.Tensor, factor: float, axis: str = "horizontal") -> torch.T
         Floating-point maps on any device. Half-precision maps are interpolated in float32 and
         cast back.
     factor : float
-        ``s > 0``. ``s = 1`` returns an exact copy.
+        ``s`` from 1e-6 to 1e6 (:data:`genaudit.values.MAX_STRETCH_FACTOR`; beyond these every
+        map is constant). ``s = 1`` returns an exact copy.
     axis : {"horizontal", "vertical", "depth", "both"}
         Last spatial axis, the one before it, the first of three, or all spatial axes
         (isotropic).
@@ -210,7 +210,9 @@ def shift(x: torch.Tensor, pixels: float, axis: str = "horizontal") -> torch.Ten
     d = _spatial_dims(x)
     dims = axis_dims(axis, d)
     k = int(pixels)
-    return torch.roll(x, shifts=(k,) * len(dims), dims=dims)
+    # circular: k modulo each axis's size is the same shift, and fits torch's int64 however
+    # large k is
+    return torch.roll(x, shifts=tuple(k % max(1, x.shape[d]) for d in dims), dims=dims)
 
 
 # --------------------------------------------------------------------------- bound transforms

@@ -7,6 +7,7 @@ verdict table / JSON / CSV / JUnit / GitHub annotations and step summary → exi
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ import typer
 from .. import gate
 from ..config import load_settings
 from ..errors import GenauditError, UsageError
-from . import raise_if_interrupted
 from .options import (
     INPUTS,
     MODEL,
@@ -29,7 +29,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import STATE, check_outputs, command, emit, note, print_error, stdout_console
+from .root import STATE, check_outputs, command, note, outputs, print_error, stdout_console
 
 if TYPE_CHECKING:
     from .common import AuditRun
@@ -154,6 +154,7 @@ def check_cmd(
         table, config_file=settings.config_file, rule_flags=tuple(rule or ()),
         default_rules=default_rules, fail_on_warn=fail_on_warn, baseline=baseline,
     )  # fmt: skip
+    note(configuration_note(settings.config_file, cfg))
     options = _Options(
         load=load, inputs=inputs, run=run, cfg=cfg, write_baseline=write_baseline,
         json_out=json_out, quiet=any(t == "-" for t in (json_out, csv_out, junit)),
@@ -161,9 +162,10 @@ def check_cmd(
     suites: list[tuple[str, gate.GateResult | str]] = []
     codes: list[int] = []
     csv_rows: list[tuple[Any, ...]] = []
+    staged: list[tuple[str, str]] = []  # each checkpoint's JSON and baseline, written at the end
     for model in models:
         try:
-            result = _check_one(model, options)
+            result = _check_one(model, options, staged)
         except GenauditError as exc:
             if (len(models) == 1 and not junit and not csv_out) or STATE.debug:
                 raise  # mapped to its message and exit code like any other command's error
@@ -177,12 +179,37 @@ def check_cmd(
         csv_rows += [_csv_row(model, e) for e in result.evaluations]
     from ..report.export import to_csv
 
-    if junit:
-        emit(junit, gate.junit_xml(suites))
-    if csv_out:
-        emit(csv_out, to_csv(CHECK_CSV_HEADER, csv_rows))
+    with outputs() as out:  # all or nothing
+        for target, text in staged:
+            out.add(target, text)
+        if junit:
+            out.add(junit, gate.junit_xml(suites))
+        if csv_out:
+            out.add(csv_out, to_csv(CHECK_CSV_HEADER, csv_rows))
+    if write_baseline and write_baseline in out.written:
+        note(f"wrote baseline {write_baseline}")
     if max(codes):
         raise typer.Exit(max(codes))
+
+
+def configuration_note(config_file: str | None, cfg: gate.CheckConfig) -> str:
+    """Which configuration file and which rules the gate uses, e.g. ``configuration:
+    pyproject.toml; rules: 2 from the file, 1 from --rule``: a gate that silently ran other
+    rules than the user's would pass where theirs fail."""
+    if config_file is None:
+        where = "none (built-in defaults)"
+    else:
+        path = Path(config_file)
+        with contextlib.suppress(ValueError):
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        where = str(path)
+    counts: dict[str, int] = {}
+    for r in cfg.rules:
+        source = {"default": "default", "--rule": "from --rule"}.get(r.source, "from the file")
+        counts[source] = counts.get(source, 0) + 1
+    order = ("from the file", "default", "from --rule")
+    rules = ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+    return f"configuration: {where}; rules: {rules}"
 
 
 def _csv_row(model: str, e: gate.Evaluation) -> tuple[Any, ...]:
@@ -224,10 +251,9 @@ BASELINE_HINTS: dict[gate.BaselineProblem, str] = {
 }
 
 
-def _check_one(model: str, opts: _Options) -> gate.GateResult:
+def _check_one(model: str, opts: _Options, staged: list[tuple[str, str]]) -> gate.GateResult:
     """Check one checkpoint: analyses and verdict (:func:`genaudit.gate.run_gate`), then its
-    outputs; returns the verdict."""
-    from ..files import write_atomic
+    outputs (its JSON and baseline appended to ``staged``); returns the verdict."""
     from ..report.export import envelope, to_json
     from ..report.tables import drift_table, verdict_table
     from .common import open_audit, progress
@@ -258,9 +284,7 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
         if run.baseline_document is None:
             notes.append(f"baseline {write_baseline} not written: the gate failed")
         else:
-            raise_if_interrupted()  # before any output
-            write_atomic(write_baseline, run.baseline_document)
-            notes.append(f"wrote baseline {write_baseline}")
+            staged.append((write_baseline, run.baseline_document))
     if opts.json_out:
         config_doc = {**prep.config, "num_samples": n, "tolerance": tol, "check": cfg.to_dict(),
                       "write_baseline": write_baseline}  # fmt: skip
@@ -269,7 +293,7 @@ def _check_one(model: str, opts: _Options) -> gate.GateResult:
             results={**result.to_dict(), "fingerprint": run.fingerprint,
                      "metrics": run.metrics.to_dict()},
         )  # fmt: skip
-        emit(opts.json_out, to_json(doc))
+        staged.append((opts.json_out, to_json(doc)))
     if not opts.quiet:
         out = stdout_console()
         title = f"{Path(model).name}: genaudit check, {n} samples, seed {prep.settings.seed}"

@@ -114,6 +114,11 @@ def open_audit(
             f"--{flag_prefix}trust-checkpoint: code stored in {model_path} may run in this "
             "process when it is loaded. This is recorded in the report."
         )
+    if load.allow_global:
+        warning(
+            f"--{flag_prefix}allow-global {', '.join(load.allow_global)}: the weights-only loader "
+            f"may construct these classes from {model_path}. This is recorded in the report."
+        )
     loaded = load_model(model_path, load_opts)
     model = loaded.model.to(dev)
     input_opts = InputOptions(

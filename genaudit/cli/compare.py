@@ -22,7 +22,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import check_outputs, command, emit, note, stdout_console
+from .root import check_outputs, command, note, outputs, stdout_console
 
 DECODER_MODEL = MODEL.prefixed("decoder", "decoder_load", "Decoder")
 DECODER_INPUTS = INPUTS.prefixed(
@@ -111,22 +111,24 @@ def compare_cmd(
             )  # fmt: skip
     comparison = compare_results(results[0], results[1], pairs=pairs or None)
     raise_if_interrupted()  # before any output
-    if plot:
-        from ..report.plots import plot_comparison
+    with outputs() as outs:  # all or nothing
+        if plot:
+            from ..report.plots import plot_comparison
 
-        plot_comparison(comparison, plot, title=f"{Path(decoder).name} vs {Path(encoder).name}")
-    if json_out:
-        doc = envelope(
-            "compare", str(dec.device),
-            {"decoder": dec.config, "encoder": enc.config, "tolerance": tol,
-             "pairs": [list(p) for p in pairs]},
-            checkpoint={"decoder": dec.loaded.describe(), "encoder": enc.loaded.describe()},
-            results={"comparison": comparison.to_dict(), "decoder": results[0].to_dict(),
-                     "encoder": results[1].to_dict()},
-        )  # fmt: skip
-        emit(json_out, to_json(doc))
-    if csv_out:
-        emit(csv_out, to_csv(*comparison.csv_rows()))
+            title = f"{Path(decoder).name} vs {Path(encoder).name}"
+            plot_comparison(comparison, plot, title=title, out=outs)
+        if json_out:
+            doc = envelope(
+                "compare", str(dec.device),
+                {"decoder": dec.config, "encoder": enc.config, "tolerance": tol,
+                 "pairs": [list(p) for p in pairs]},
+                checkpoint={"decoder": dec.loaded.describe(), "encoder": enc.loaded.describe()},
+                results={"comparison": comparison.to_dict(), "decoder": results[0].to_dict(),
+                         "encoder": results[1].to_dict()},
+            )  # fmt: skip
+            outs.add(json_out, to_json(doc))
+        if csv_out:
+            outs.add(csv_out, to_csv(*comparison.csv_rows()))
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = (f"decoder {Path(decoder).name} vs encoder {Path(encoder).name}: log10 SDR of "

@@ -18,7 +18,7 @@ from .options import (
     RunFlags,
     with_options,
 )
-from .root import check_outputs, command, emit, stdout_console
+from .root import check_outputs, command, outputs, stdout_console
 
 LAYER_CSV_HEADER = (
     "index", "layer", "type", "input_shape", "output_shape", "kernel_size", "stride",
@@ -48,20 +48,21 @@ def layers_cmd(
 
     prep = open_audit(model, load, inputs, run)
     records = select_layers(prep.first_records(), split_selectors(layers))
-    if json_out:
-        doc = envelope(
-            "layers", str(prep.device), prep.config, checkpoint=prep.loaded.describe(),
-            results={"layers": [r.to_dict() for r in records]},
-        )  # fmt: skip
-        emit(json_out, to_json(doc))
-    if csv_out:
-        rows = [
-            (r.index, r.name, r.type, _shape(r.input_shape), _shape(r.output_shape),
-             _shape(r.kernel_size), _shape(r.stride), _shape(r.dilation), r.groups, r.level,
-             r.pairs, r.analysis, r.reason or "")
-            for r in records
-        ]  # fmt: skip
-        emit(csv_out, to_csv(LAYER_CSV_HEADER, rows))
+    with outputs() as outs:  # all or nothing
+        if json_out:
+            doc = envelope(
+                "layers", str(prep.device), prep.config, checkpoint=prep.loaded.describe(),
+                results={"layers": [r.to_dict() for r in records]},
+            )  # fmt: skip
+            outs.add(json_out, to_json(doc))
+        if csv_out:
+            rows = [
+                (r.index, r.name, r.type, _shape(r.input_shape), _shape(r.output_shape),
+                 _shape(r.kernel_size), _shape(r.stride), _shape(r.dilation), r.groups, r.level,
+                 r.pairs, r.analysis, r.reason or "")
+                for r in records
+            ]  # fmt: skip
+            outs.add(csv_out, to_csv(LAYER_CSV_HEADER, rows))
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = f"{Path(model).name}: {len(records)} layers ({prep.loaded.arch})"
@@ -82,12 +83,14 @@ def archs_cmd(json_out: JsonOpt = None, csv_out: CsvOpt = None) -> None:
     from ..report.tables import archs_table
 
     entries = [zoo.get(name) for name in zoo.list_architectures()]
-    if json_out:
-        doc = {e.name: {"summary": e.summary, "kwargs": e.defaults()} for e in entries}
-        emit(json_out, to_json(doc))
-    if csv_out:
-        rows = [(e.name, k, repr(v), e.summary) for e in entries for k, v in e.defaults().items()]
-        emit(csv_out, to_csv(("arch", "argument", "default", "summary"), rows))
+    with outputs() as outs:  # all or nothing
+        if json_out:
+            doc = {e.name: {"summary": e.summary, "kwargs": e.defaults()} for e in entries}
+            outs.add(json_out, to_json(doc))
+        if csv_out:
+            rows = [(e.name, k, repr(v), e.summary) for e in entries
+                    for k, v in e.defaults().items()]  # fmt: skip
+            outs.add(csv_out, to_csv(("arch", "argument", "default", "summary"), rows))
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = "architectures for --arch NAME (keyword arguments via --arch-kwargs JSON)"

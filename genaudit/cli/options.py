@@ -323,7 +323,8 @@ FactorOpt = Annotated[
     float,
     typer.Option(
         "--factor", metavar="FLOAT", rich_help_panel="Analysis", callback=_check_factor,
-        help="Stretch factor s (with --transform shift: the shift in pixels).",
+        help="Stretch factor s, from 1e-6 to 1e6 (with --transform shift: the shift in "
+        "pixels).",
     ),
 ]  # fmt: skip
 JsonOpt = Annotated[

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -20,6 +21,8 @@ from . import raise_if_interrupted
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ..files import OutputSet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -366,13 +369,40 @@ def stderr_console() -> Console:
 
 
 def stdout_console() -> Console:
-    """Tables on stdout: the terminal's width (or ``COLUMNS``), 120 columns when piped."""
+    """Tables on stdout: the terminal's width (or ``COLUMNS``), 120 columns when piped. A
+    failing stdout (a full device, a closed pipe) is ``cannot write standard output`` (exit 3)."""
     from rich.console import Console
 
     probe = Console()
-    if probe.is_terminal or "COLUMNS" in os.environ:
-        return Console(highlight=False, width=probe.width)
-    return Console(highlight=False, width=120)
+    width = probe.width if probe.is_terminal or "COLUMNS" in os.environ else 120
+    return Console(highlight=False, width=width, file=GuardedStdout())  # type: ignore[arg-type]
+
+
+class GuardedStdout:
+    """The current ``sys.stdout``, whose write failures are ``OutputError`` (exit 3) rather
+    than an internal error (see :func:`write_stdout`)."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except OSError as exc:
+            raise _stdout_failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except OSError as exc:
+            raise _stdout_failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.stdout, name)
+
+
+def _stdout_failed(exc: OSError) -> Exception:
+    from ..files import cannot_write
+
+    _silence_stdout()
+    return cannot_write("-", exc)
 
 
 def note(text: str) -> None:
@@ -392,18 +422,38 @@ _STREAMABLE = ("json", "csv", "junit")
 
 def check_outputs(**targets: str | None) -> None:
     """Refuse (exit 2), before any work, output options that cannot be written: two of them on
-    stdout, ``-`` where a file is needed, an unwritable place, a picture format that cannot be
+    stdout, ``-`` where a file is needed, two naming one file, an unwritable or odd place (see
+    :func:`~genaudit.report.export.check_destination`), a picture format that cannot be
     written, or ``--plot`` without matplotlib. Keys are option names (``write_baseline``)."""
-    from ..report.export import GRID_SUFFIXES, PLOT_SUFFIXES, check_destination, check_suffix
+    from ..report.export import (
+        GRID_SUFFIXES,
+        PLOT_SUFFIXES,
+        check_destination,
+        check_suffix,
+        difference_path,
+    )
 
     flags = {name: "--" + name.replace("_", "-") for name in targets}
     to_stdout = [flags[name] for name, target in targets.items() if target == "-"]
     if len(to_stdout) > 1:
         raise UsageError(f"only one of {' and '.join(to_stdout)} can write to stdout (-)")
+    files: dict[str, str] = {}  # where each file goes → the flag that writes it
     for name, target in targets.items():
         if target == "-" and name not in _STREAMABLE:
             raise UsageError(f"{flags[name]} needs a file name, not -")
         check_destination(target, flags[name])
+        if not target or target == "-":
+            continue
+        paths = [target, str(difference_path(target))] if name == "grid" else [target]
+        for path in paths:
+            if path != target:
+                check_destination(path, flags[name])
+            key = os.path.realpath(path)
+            if key in files and os.path.exists(key) and not _is_regular(key):
+                continue  # e.g. /dev/null twice
+            if key in files:
+                raise UsageError(f"{files[key]} and {flags[name]} both write {path}")
+            files[key] = flags[name]
     check_suffix(targets.get("grid"), "--grid", GRID_SUFFIXES)
     check_suffix(targets.get("plot"), "--plot", PLOT_SUFFIXES)
     if targets.get("plot"):
@@ -412,13 +462,63 @@ def check_outputs(**targets: str | None) -> None:
         require_matplotlib()
 
 
-def emit(target: str, text: str) -> None:
-    """Write ``text`` to ``target`` atomically; ``-`` means standard output."""
-    raise_if_interrupted()
-    if target == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        from ..files import write_atomic
+def _is_regular(path: str) -> bool:
+    import stat
 
-        write_atomic(target, text)
+    return stat.S_ISREG(os.stat(path).st_mode)
+
+
+def write_stdout(data: bytes) -> None:
+    """Write ``data`` to standard output and flush it: the writer of ``-`` outputs.
+
+    A failure (a full device, a closed pipe) is an ``OutputError`` (exit 3); standard output is
+    then pointed at the null device, so that nothing more fails on the way out.
+    """
+    try:
+        sys.stdout.flush()  # what was printed before comes first
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:  # a text-only stream (some test harnesses)
+            sys.stdout.write(data.decode("utf-8"))
+            sys.stdout.flush()
+    except OSError as exc:
+        raise _stdout_failed(exc) from None
+
+
+def _silence_stdout() -> None:
+    """Point standard output's file descriptor at the null device (after a write to it failed,
+    its buffered rest would fail again when the interpreter flushes it on exit)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+
+@contextlib.contextmanager
+def outputs() -> Iterator[OutputSet]:
+    """The outputs of a command, all or nothing: ``with outputs() as out: out.add(target,
+    text)`` (``-``: standard output). Files are staged beside their targets and renamed into
+    place when the block ends without an error; on an error (or Ctrl-C) every temporary is
+    removed and no file is changed. Standard output is written after every file's temporary
+    is complete and before the renames: a full disk leaves stdout empty, and a stdout that
+    fails (a closed pipe, a full device) leaves every file unchanged (see
+    :mod:`genaudit.files`). Write failures are ``cannot write FILE: REASON`` (exit 3)."""
+    from ..files import staged_outputs
+
+    with staged_outputs(stdout=write_stdout) as out:
+        yield out
+        raise_if_interrupted()  # before any output
+
+
+def emit(target: str, text: str) -> None:
+    """Write one output, ``text``, to ``target`` all or nothing; ``-`` means standard output.
+    Commands with several outputs stage them together with :func:`outputs`."""
+    raise_if_interrupted()
+    with outputs() as out:
+        out.add(target, text)

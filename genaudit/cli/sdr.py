@@ -26,7 +26,7 @@ from .options import (
     ToleranceOpt,
     with_options,
 )
-from .root import check_outputs, command, emit, note, stdout_console
+from .root import check_outputs, command, note, outputs, stdout_console
 
 
 @command("sdr")
@@ -89,19 +89,21 @@ def sdr_cmd(
         )
     config_doc = {**prep.config, "num_samples": n, "layers": selectors or ["all"],
                   "tolerance": tol, "pairs": pairs}  # fmt: skip
-    if json_out:
-        doc = envelope(
-            "sdr", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
-            results=result.to_dict(pairs=pairs),
-        )  # fmt: skip
-        emit(json_out, to_json(doc))
-    if csv_out:
-        emit(csv_out, to_csv(SDRResult.CSV_HEADER, result.csv_rows()))
     raise_if_interrupted()  # before any output
-    if plot:
-        from ..report.plots import plot_sdr
+    with outputs() as outs:  # all or nothing
+        if json_out:
+            doc = envelope(
+                "sdr", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
+                results=result.to_dict(pairs=pairs),
+            )  # fmt: skip
+            outs.add(json_out, to_json(doc))
+        if csv_out:
+            outs.add(csv_out, to_csv(SDRResult.CSV_HEADER, result.csv_rows()))
+        if plot:
+            from ..report.plots import plot_sdr
 
-        plot_sdr(result, plot, title=f"{Path(model).name}: log10 SDR per layer ({n} samples)")
+            title = f"{Path(model).name}: log10 SDR per layer ({n} samples)"
+            plot_sdr(result, plot, title=title, out=outs)
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = (

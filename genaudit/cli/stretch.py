@@ -24,7 +24,7 @@ from .options import (
     TransformName,
     with_options,
 )
-from .root import check_outputs, command, emit, note, stdout_console
+from .root import check_outputs, command, note, outputs, stdout_console
 
 StretchLayersOpt = Annotated[
     list[str] | None,
@@ -111,18 +111,19 @@ def stretch_cmd(
         )  # fmt: skip
     raise_if_interrupted()  # before any output
     written: tuple[Path, ...] = ()
-    if grid:
-        written = write_stretch_grids(result, grid)
     config_doc = {**prep.config, "num_samples": n, "layers": selectors or ["default"],
                   "transform": op.to_dict(), "grid": grid}  # fmt: skip
-    if json_out:
-        doc = envelope(
-            "stretch", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
-            results=result.to_dict(),
-        )  # fmt: skip
-        emit(json_out, to_json(doc))
-    if csv_out:
-        emit(csv_out, to_csv(*result.csv_rows()))
+    with outputs() as outs:  # all or nothing
+        if grid:
+            written = write_stretch_grids(result, grid, out=outs)
+        if json_out:
+            doc = envelope(
+                "stretch", str(prep.device), config_doc, checkpoint=prep.loaded.describe(),
+                results=result.to_dict(),
+            )  # fmt: skip
+            outs.add(json_out, to_json(doc))
+        if csv_out:
+            outs.add(csv_out, to_csv(*result.csv_rows()))
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = f"{Path(model).name}: {op.describe()} at hidden layers vs. the output, {n} samples"

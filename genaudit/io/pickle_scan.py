@@ -5,6 +5,10 @@ be named and refused before any loader touches it. :func:`inert_globals` is the 
 globals that only rebuild tensors and containers (torch's weights-only unpickler's own list):
 whatever else a scan finds is *suspicious*. :func:`is_module_like` tells a whole pickled
 ``nn.Module`` apart from a state dict saved next to other objects.
+
+For ``--allow-global``: :data:`INERT_CLASSES` lists the few data classes known to be inert (the only
+names a refusal's hint ever suggests, and the only modules imported on purpose to resolve one), and
+:func:`is_denied_module` the modules whose members are never allowed, whatever they are.
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO, Any
 
-__all__ = ["PickleScan", "inert_globals", "is_module_like", "scan_pickle"]
+__all__ = [
+    "DENIED_MODULES",
+    "INERT_CLASSES",
+    "PickleScan",
+    "inert_globals",
+    "is_denied_module",
+    "is_module_like",
+    "scan_pickle",
+]
 
 
 @dataclass(frozen=True)
@@ -155,3 +167,242 @@ def is_module_like(scan: PickleScan, suspicious: frozenset[str]) -> bool:
     if any(g.startswith("torch.nn.") for g in suspicious):
         return True
     return bool(suspicious) and {"_modules", "_parameters"} <= scan.strings
+
+
+# Data classes whose construction and __setstate__ run no code chosen by the file: they only store
+# the values given. Checked by hand (tests/hostile/test_allow_global.py keeps them honest).
+# datetime.datetime/date are absent on purpose: they pickle through the function _codecs.encode.
+INERT_CLASSES = frozenset(
+    {
+        "argparse.Namespace",
+        "collections.OrderedDict",
+        "datetime.timedelta",
+        "numpy.dtype",
+        "torch.Size",
+        "types.SimpleNamespace",
+    }
+)
+
+# Modules (and everything under them) whose members are never allowed with --allow-global: they
+# execute or compile code, import modules, touch files, processes, threads, signals or the
+# network, or load serialized objects. Matched by dotted prefix, against the full dotted name the
+# user wrote and the class's own module.qualname (numpy.memmap lives in numpy).
+DENIED_MODULES = (
+    # execution, compilation, importing, introspection
+    "builtins",
+    "__builtin__",
+    "__main__",
+    "sys",
+    "runpy",
+    "importlib",
+    "imp",
+    "zipimport",
+    "pkgutil",
+    "site",
+    "sysconfig",
+    "code",
+    "codeop",
+    "compileall",
+    "py_compile",
+    "ast",
+    "dis",
+    "inspect",
+    "types",
+    "typing",
+    "functools",
+    "operator",
+    "copyreg",
+    "copy",
+    "abc",
+    "gc",
+    "weakref",
+    "atexit",
+    "contextlib",
+    "timeit",
+    "trace",
+    "traceback",
+    "tracemalloc",
+    "pdb",
+    "bdb",
+    "profile",
+    "cProfile",
+    "pydoc",
+    "doctest",
+    "unittest",
+    "warnings",
+    "faulthandler",
+    "linecache",
+    "tokenize",
+    "ctypes",
+    "_ctypes",
+    "cffi",
+    # serialization that can itself run code
+    "pickle",
+    "_pickle",
+    "pickletools",
+    "marshal",
+    "shelve",
+    "dbm",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "yaml",
+    "jsonpickle",
+    # files, processes, terminals, threads, signals
+    "os",
+    "posix",
+    "nt",
+    "posixpath",
+    "ntpath",
+    "genericpath",
+    "subprocess",
+    "_posixsubprocess",
+    "pty",
+    "tty",
+    "termios",
+    "fcntl",
+    "resource",
+    "mmap",
+    "select",
+    "selectors",
+    "signal",
+    "_signal",
+    "shutil",
+    "pathlib",
+    "io",
+    "_io",
+    "tempfile",
+    "glob",
+    "fileinput",
+    "filecmp",
+    "zipfile",
+    "tarfile",
+    "gzip",
+    "bz2",
+    "lzma",
+    "zlib",
+    "sqlite3",
+    "_sqlite3",
+    "mailbox",
+    "mimetypes",
+    "netrc",
+    "configparser",
+    "logging",
+    "threading",
+    "_thread",
+    "multiprocessing",
+    "_multiprocessing",
+    "concurrent",
+    "asyncio",
+    "sched",
+    "queue",
+    "platform",
+    "webbrowser",
+    "venv",
+    "ensurepip",
+    "distutils",
+    "setuptools",
+    "pip",
+    "xml",
+    "_winapi",
+    "winreg",
+    "msvcrt",
+    # network
+    "socket",
+    "_socket",
+    "ssl",
+    "_ssl",
+    "http",
+    "urllib",
+    "urllib3",
+    "requests",
+    "ftplib",
+    "poplib",
+    "imaplib",
+    "smtplib",
+    "telnetlib",
+    "socketserver",
+    "xmlrpc",
+    "wsgiref",
+    "email",
+    "uuid",
+    # libraries whose classes open files or hold program state (safe_open, PdfPages …)
+    "genaudit",
+    "safetensors",
+    "rich",
+    "typer",
+    "click",
+    "PIL",
+    "matplotlib",
+    "h5py",
+    "scipy.io",
+    "fsspec",
+    "huggingface_hub",
+    "transformers",
+    "datasets",
+    "pytest",
+    "_pytest",
+    "hypothesis",
+    "IPython",
+    "tqdm",
+    "lightning",
+    "pytorch_lightning",
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    # torch: loaders, compilers, op registration, processes, files and hubs
+    "torch.storage",
+    "torch.serialization",
+    "torch._C",
+    "torch._ops",
+    "torch.ops",
+    "torch._library",
+    "torch.library",
+    "torch.jit",
+    "torch._jit_internal",
+    "torch.package",
+    "torch.export",
+    "torch._export",
+    "torch.fx",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.compiler",
+    "torch._higher_order_ops",
+    "torch.hub",
+    "torch.utils",
+    "torch.multiprocessing",
+    "torch.distributed",
+    "torch.cuda",
+    "torch.backends",
+    "torch.profiler",
+    "torch.autograd",
+    "torch.onnx",
+    "torch._weights_only_unpickler",
+    "torch._utils",
+    "torch._tensor",
+    "torch.nn",
+    "torch.UntypedStorage",
+    "torch.TypedStorage",
+    # numpy: loaders, test helpers that exec, compilers, ctypes glue
+    "numpy.testing",
+    "numpy.lib.npyio",
+    "numpy.lib._npyio_impl",
+    "numpy.lib.format",
+    "numpy.lib._format_impl",
+    "numpy.lib._datasource",
+    "numpy.ctypeslib",
+    "numpy.f2py",
+    "numpy.distutils",
+    "numpy._pytesttester",
+    "numpy.core.multiarray",
+    "numpy._core.multiarray",
+    "numpy.memmap",
+    "numpy.DataSource",
+    "numpy.lib.utils",
+)
+
+
+def is_denied_module(name: str) -> bool:
+    """Whether the dotted ``name`` (a module, or ``module.Qual.Name``) is one of
+    :data:`DENIED_MODULES` or lies under one."""
+    return any(name == d or name.startswith(d + ".") for d in DENIED_MODULES)

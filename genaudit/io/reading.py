@@ -25,17 +25,28 @@ Code-bearing formats (a whole pickled ``nn.Module``, TorchScript, ``torch.export
 - ``torch-package`` stays refused (:class:`CheckpointError`): not supported even when trusted.
 
 Loading with ``trust=True`` sets ``RawCheckpoint.trusted``, which the report records.
+
+``--allow-global NAME`` (``allow_globals``) accepts only classes: never a function, method or
+builtin, never from a module that runs code or touches files, processes or the network
+(:data:`~genaudit.io.pickle_scan.DENIED_MODULES`), and only from a module already loaded: no module
+is imported to look a name up, except those of the known-inert
+:data:`~genaudit.io.pickle_scan.INERT_CLASSES`, the only names a refusal suggests. The allowed
+classes the file does reference are kept in ``RawCheckpoint.allowed_globals`` (a partly trusted
+read, which the report records).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import pickle
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -43,6 +54,7 @@ from torch import nn
 
 from ..errors import CheckpointError, UnsafeCheckpointError, first_line, option
 from .formats import DESCRIPTIONS, Format, Probe, name_list, one_line_error, probe_format
+from .pickle_scan import INERT_CLASSES, is_denied_module
 
 __all__ = ["RawCheckpoint", "read_checkpoint"]
 
@@ -62,6 +74,9 @@ class RawCheckpoint:
     obj: Any  # nested dicts / tensors; an nn.Module only when trusted
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__, else {}
     trusted: bool = False  # True when code-bearing content was loaded because trust=True
+    # The classes the user allowed (--allow-global) that this file's pickle references: the run
+    # is then partly trusted (those classes were constructed by the weights-only loader).
+    allowed_globals: tuple[str, ...] = ()
 
 
 def _sha256(path: Path) -> str:
@@ -72,97 +87,96 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _resolve_global(name: str) -> tuple[set[str], Any]:
-    """Import the object a user allowed by name (``module.Name`` or ``module:Qual.Name``).
-
-    Only the module the user named (or a prefix of the dotted name they wrote) is imported.
-    Returns the names a pickle may use for the object and the object itself.
-    """
-    spec = name.strip()
-    if ":" in spec:
-        module_name, _, qualname = spec.partition(":")
-        candidates = [(module_name, qualname)]
-    else:
-        parts = spec.split(".")
-        candidates = [
-            (".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)
-        ]
-    hint = f"name an importable object, e.g. {option('allow_global')} argparse.Namespace"
-    for module_name, qualname in candidates:
-        if not module_name or not qualname:
-            continue
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                continue  # this prefix is not a module: try a shorter one
-            raise CheckpointError(
-                f"cannot import {module_name} for {option('allow_global')} {spec}: {exc}", hint
-            ) from None
-        except Exception as exc:  # importing user-named code may fail in any way
-            raise CheckpointError(
-                f"cannot import {module_name} for {option('allow_global')} {spec}: "
-                f"{first_line(exc, 160)}",
-                hint,
-            ) from None
-        try:
-            for attr in qualname.split("."):
-                obj = getattr(obj, attr)
-        except AttributeError:
-            raise CheckpointError(
-                f"{option('allow_global')} {spec}: {module_name} has no {qualname}", hint
-            ) from None
-        names = {f"{module_name}.{qualname}"}
-        own_module = getattr(obj, "__module__", None)
-        own_qualname = getattr(obj, "__qualname__", None)
-        if isinstance(own_module, str) and isinstance(own_qualname, str):
-            names.add(f"{own_module}.{own_qualname}")
-        return names, obj
-    raise CheckpointError(
-        f"{option('allow_global')} {spec}: no importable module in this name", hint
-    )
-
-
-# Modules whose members can run code or touch the system: never suggested for --allow-global.
-_DANGEROUS_MODULES = frozenset(
-    {
-        "builtins",
-        "os",
-        "posix",
-        "nt",
-        "sys",
-        "subprocess",
-        "shutil",
-        "pathlib",
-        "importlib",
-        "runpy",
-        "socket",
-        "pickle",
-        "marshal",
-        "types",
-        "functools",
-        "operator",
-        "code",
-        "ctypes",
-        "io",
-        "codecs",
-        "webbrowser",
-        "pty",
-        "platform",
-        "tempfile",
-        "torch",
-        "numpy",
-    }
+_HINT_ALLOW = (
+    f"{option('allow_global')} accepts only inert data classes, e.g. "
+    + ", ".join(sorted(INERT_CLASSES))
+    + f"; otherwise pass {option('trust_checkpoint')} if you trust the file's author"
 )
 
 
-def _looks_inert(name: str) -> bool:
-    """Whether a global looks like a plain data class (``argparse.Namespace``): CamelCase name,
-    not from a module that can run code. A heuristic for hints only, never for loading."""
-    module, _, qualname = name.rpartition(".")
-    top = module.split(".", 1)[0]
-    return (
-        bool(qualname[:1].isupper()) and top not in _DANGEROUS_MODULES and not name.startswith("<")
+def _candidates(spec: str) -> list[tuple[str, str]]:
+    """The (module, qualname) splits of ``module.Name`` / ``module:Qual.Name``, longest module
+    first."""
+    if ":" in spec:
+        module_name, _, qualname = spec.partition(":")
+        pairs = [(module_name, qualname)]
+    else:
+        parts = spec.split(".")
+        pairs = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
+    return [(m, q) for m, q in pairs if m and q]
+
+
+def _static_attr(obj: Any, qualname: str) -> Any:
+    """``obj.a.b`` looked up statically: no module ``__getattr__`` (which may import a lazy
+    submodule), no descriptor or property runs."""
+    for attr in qualname.split("."):
+        if isinstance(obj, ModuleType):
+            if attr not in vars(obj):
+                raise AttributeError(attr)
+            obj = vars(obj)[attr]
+        else:
+            obj = inspect.getattr_static(obj, attr)
+    return obj
+
+
+def _resolve_global(name: str) -> tuple[set[str], Any]:
+    """The class a user allowed by name (``module.Name`` or ``module:Qual.Name``).
+
+    Only classes are accepted (never functions, methods or builtins), never from the modules of
+    :func:`~genaudit.io.pickle_scan.is_denied_module`, and no module is imported to find one:
+    the module must already be loaded, except for the known-inert :data:`INERT_CLASSES`.
+    Returns the names a pickle may use for the class and the class itself.
+    """
+    spec = name.strip()
+    what = f"{option('allow_global')} {spec}"
+    pairs = _candidates(spec)
+    if not pairs:
+        raise CheckpointError(
+            f"{what}: not of the form module.Name or module:Qual.Name", _HINT_ALLOW
+        )
+    inert = [m for m, q in pairs if f"{m}.{q}" in INERT_CLASSES]
+    if inert:
+        importlib.import_module(inert[0])  # argparse, collections, torch …: inert to import
+    elif any(is_denied_module(m) or is_denied_module(f"{m}.{q}") for m, q in pairs):
+        raise CheckpointError(
+            f"{what}: refused, its module can run code or touch files, processes or the network",
+            _HINT_ALLOW,
+        )
+    for module_name, qualname in pairs:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        try:
+            obj = _static_attr(module, qualname)
+        except AttributeError:
+            raise CheckpointError(
+                f"{what}: refused, {module_name} has no {qualname} "
+                "(genaudit imports no module to look a name up)",
+                _HINT_ALLOW,
+            ) from None
+        if not isinstance(obj, type):
+            raise CheckpointError(
+                f"{what}: refused, it is a {type(obj).__name__}, not a class", _HINT_ALLOW
+            )
+        full = f"{module_name}.{qualname}"
+        own = f"{obj.__module__}.{obj.__qualname__}"
+        if full not in INERT_CLASSES and own not in INERT_CLASSES:
+            if is_denied_module(own) or is_denied_module(full):
+                raise CheckpointError(
+                    f"{what}: refused, {own} comes from a module that can run code or touch "
+                    "files, processes or the network",
+                    _HINT_ALLOW,
+                )
+            if issubclass(obj, (type, nn.Module, torch.Tensor, BaseException)):
+                raise CheckpointError(
+                    f"{what}: refused, {own} is a metaclass, module, tensor or exception class",
+                    _HINT_ALLOW,
+                )
+        return {full, own}, obj
+    raise CheckpointError(
+        f"{what}: refused, genaudit does not import {pairs[0][0]} to look a name up "
+        "(only modules already loaded, and the known-inert classes, are used)",
+        _HINT_ALLOW,
     )
 
 
@@ -179,13 +193,11 @@ def _refusal(probe: Probe, shown: str) -> UnsafeCheckpointError:
             f"refusing to load {shown}: its pickle references globals outside torch's "
             f"weights-only allowlist ({name_list(suspicious)})"
         )
-        inert_looking = sorted(g for g in suspicious if _looks_inert(g))
-        if len(inert_looking) < len(suspicious):  # never suggest allowing a function
+        if not suspicious <= INERT_CLASSES:  # only ever suggest the known-inert classes
             return UnsafeCheckpointError(message, _HINT_TRUST)
+        allows = " ".join(f"{option('allow_global')} {g}" for g in sorted(suspicious))
         return UnsafeCheckpointError(
-            message,
-            f"if they are inert data types pass {option('allow_global')} NAME "
-            f"(e.g. {option('allow_global')} {inert_looking[0]}); otherwise {_HINT_TRUST}",
+            message, f"they are inert data types: pass {allows}; otherwise {_HINT_TRUST}"
         )
     if fmt == "pickle":
         return UnsafeCheckpointError(
@@ -337,9 +349,12 @@ def read_checkpoint(
         ) from None
 
     def raw(
-        obj: Any, metadata: dict[str, str] | None = None, trusted: bool = False
+        obj: Any,
+        metadata: dict[str, str] | None = None,
+        trusted: bool = False,
+        allowed: tuple[str, ...] = (),
     ) -> RawCheckpoint:
-        return RawCheckpoint(given, sha, fmt, obj, dict(metadata or {}), trusted)
+        return RawCheckpoint(given, sha, fmt, obj, dict(metadata or {}), trusted, allowed)
 
     if fmt == "safetensors":
         meta = probe.header.get("__metadata__") or {}
@@ -350,7 +365,10 @@ def read_checkpoint(
     unallowed = probe.suspicious - allowed_names
     if fmt in ("torch-zip", "torch-legacy", "pickled-module"):
         if not unallowed:
-            return raw(_torch_load(probe.path, shown, safe_objects, weights_only=True))
+            used = tuple(sorted(probe.suspicious & allowed_names))
+            return raw(
+                _torch_load(probe.path, shown, safe_objects, weights_only=True), allowed=used
+            )
         if not trust:
             raise _refusal(Probe(probe.path, fmt, unallowed), shown)
         return raw(_torch_load(probe.path, shown, [], weights_only=False), trusted=True)

@@ -3,6 +3,12 @@
 Only the names registered here are ever built from a checkpoint's metadata; a name
 that is not in the registry is refused, never imported.
 
+Keyword arguments are checked before anything is built (:data:`KWARG_BOUNDS`: integers within
+sane bounds), and :func:`build` builds the model on the ``meta`` device first, refusing one whose
+parameters and buffers would exceed ``GENAUDIT_MAX_CHECKPOINT_BYTES``
+(:mod:`genaudit.io.limits`); :func:`build_meta` gives that shapes-only model, so that a
+caller can match it against a checkpoint's tensors before materialising anything.
+
 Every model built here carries a ``genaudit_input`` attribute describing what it is fed:
 ``("latent", shape)`` for generators and decoders, ``("data", shape)`` for
 discriminators and encoders (shape without the batch dimension).
@@ -20,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ArchitectureError, OptionStyle, option, render_options
+from .limits import LIMITS, limit
 
 
 @dataclass(frozen=True)
@@ -85,19 +92,82 @@ def get(name: str) -> ArchEntry:
         ) from None
 
 
-def build(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Build a registered architecture with keyword arguments checked against its factory."""
+# The (smallest, largest) value of each keyword argument the registered factories take: all are
+# integers. The bounds are far above any real model and far below what would exhaust memory in
+# the constructor; the model's total size is checked on the meta device too.
+KWARG_BOUNDS: dict[str, tuple[int, int]] = {
+    "image_size": (8, 8192),
+    "nc": (1, 1024),
+    "nz": (1, 1 << 20),
+    "ngf": (1, 1 << 14),
+    "ndf": (1, 1 << 14),
+    "nef": (1, 1 << 14),
+}
+
+
+def _checked_kwargs(name: str, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``kwargs`` checked against the factory's signature and :data:`KWARG_BOUNDS`."""
     entry = get(name)
     kwargs = dict(kwargs or {})
     allowed = entry.defaults()
-    unknown = sorted(set(kwargs) - set(allowed))
+    unknown = sorted(str(k) for k in set(kwargs) - set(allowed))
     if unknown:
         raise ArchitectureError(
-            f"architecture {name!r} takes no argument(s) {', '.join(unknown)}",
+            f"architecture {name!r} takes no argument(s) {', '.join(unknown)}"[:300],
             f"valid arguments: {', '.join(sorted(allowed))}",
         )
+    for key, value in sorted(kwargs.items()):
+        low, high = KWARG_BOUNDS.get(key, (1, 1 << 20))
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ArchitectureError(
+                f"architecture {name!r}: {key} must be an integer, got {str(value)[:40]!r}",
+                f"check {option('arch_kwargs')} (or the checkpoint's genaudit.arch_kwargs)",
+            )
+        if not low <= value <= high:
+            shown = str(value) if abs(value) < 10**12 else f"{str(value)[:12]}…"
+            raise ArchitectureError(
+                f"architecture {name!r}: {key}={shown} is outside {low}..{high}",
+                f"check {option('arch_kwargs')} (or the checkpoint's genaudit.arch_kwargs)",
+            )
+    return kwargs
+
+
+def _model_bytes(model: nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_meta(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The registered architecture built on the ``meta`` device: shapes only, no memory.
+
+    Raises :class:`~genaudit.errors.ArchitectureError` for bad arguments, and for a model whose
+    parameters and buffers would exceed ``GENAUDIT_MAX_CHECKPOINT_BYTES``.
+    """
+    kwargs = _checked_kwargs(name, kwargs)
     try:
-        return entry.factory(**kwargs)
+        with torch.device("meta"):
+            model = get(name).factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ArchitectureError(f"cannot build {name!r} with {kwargs}: {exc}") from None
+    size, most = _model_bytes(model), limit("checkpoint_bytes")
+    if size > most:
+        raise ArchitectureError(
+            f"architecture {name!r} with {kwargs} would hold {size} bytes of weights, over the "
+            f"limit of {most}",
+            f"check {option('arch_kwargs')}; to allow it, set the environment variable "
+            f"{LIMITS['checkpoint_bytes'][0]}",
+        )
+    return model
+
+
+def build(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build a registered architecture with keyword arguments checked against its factory and
+    :data:`KWARG_BOUNDS`, and its size checked on the ``meta`` device (:func:`build_meta`)
+    before it is built for real."""
+    build_meta(name, kwargs)
+    kwargs = _checked_kwargs(name, kwargs)
+    try:
+        return get(name).factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ArchitectureError(f"cannot build {name!r} with {kwargs}: {exc}") from None
 

@@ -85,7 +85,7 @@ def arch_from_metadata(metadata: Mapping[str, str]) -> tuple[str, dict[str, Any]
     raw = metadata.get(_META_KWARGS, "{}")
     try:
         kwargs = json.loads(raw)
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, ValueError, RecursionError):  # ValueError: JSONDecodeError, huge ints
         raise CheckpointError(
             f"the checkpoint's {_META_KWARGS} metadata is not valid JSON: {str(raw)[:80]!r}",
             f"pass {option('arch')} and {option('arch_kwargs')} explicitly",

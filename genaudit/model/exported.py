@@ -102,3 +102,33 @@ def materialise_layers(model: nn.Module) -> int:
         setattr(parent, attr, real)
         count += 1
     return count
+
+
+def static_input_shapes(model: nn.Module) -> list[tuple[Any, ...]] | None:
+    """The shapes of the tensor inputs of an exported (``torch.export``) program, batch
+    dimension included, as its input specs record them: ints where the export fixed a size,
+    symbols where it left one dynamic; None for a module that is not an exported program."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return None
+    shapes: list[tuple[Any, ...]] = []
+    for node in graph.nodes:
+        if node.op != "placeholder":
+            continue
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            shapes.append(tuple(value.shape))
+    return shapes or None
+
+
+def static_batch_size(model: nn.Module) -> int | None:
+    """The batch size an exported program was fixed to at export (the first dimension of
+    every tensor input, when it is the same static int), or None: not exported, or dynamic."""
+    shapes = static_input_shapes(model)
+    if not shapes or any(len(s) == 0 for s in shapes):
+        return None
+    firsts = [s[0] for s in shapes]
+    if not all(type(f) is int for f in firsts) or len(set(firsts)) != 1:
+        return None  # symbolic (dynamic) sizes are SymInts, not ints
+    size = int(firsts[0])
+    return size if size >= 1 else None

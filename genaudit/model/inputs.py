@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import ModelInputError, UsageError, first_line, option
 from ..io import registry as zoo
+from .exported import static_batch_size, static_input_shapes
 from .hooks import forward_hooks
 from .layers import is_audited_layer
 from .loading import import_object
@@ -89,9 +90,25 @@ def read_tensor_file(path: str, option_name: str) -> torch.Tensor:
         raise ModelInputError(
             f"{what} file {path} holds a scalar; the first axis must index samples"
         )
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    if _nonfinite(t):
         raise ModelInputError(f"{what} file {path} contains NaN or infinite values")
     return t
+
+
+def _nonfinite(t: torch.Tensor) -> bool:
+    """Whether a floating-point (or complex) tensor holds NaN or infinite values."""
+    return (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())
+
+
+def _first_nonfinite_sample(tensors: Sequence[torch.Tensor]) -> int | None:
+    """The index (in the batch) of the first sample with a NaN or infinite value, or None."""
+    bad: int | None = None
+    for t in tensors:
+        if _nonfinite(t):
+            rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1)
+            k = int(rows.nonzero()[0, 0])
+            bad = k if bad is None else min(bad, k)
+    return bad
 
 
 class InputSource:
@@ -99,6 +116,11 @@ class InputSource:
 
     ``batch(start, stop)`` returns the inputs of samples ``start … stop-1`` as a tuple of CPU
     tensors; the values depend only on the seed and the sample index.
+
+    ``fixed_batch``: the only batch size the model accepts (a ``torch.export`` program exported
+    with a static batch dimension, see :func:`make_input_source`), or None. Trial runs, the
+    batches of :meth:`batches` and the SDR pass then use it whatever batch size is asked, and
+    the number of samples must be a multiple of it (:meth:`check_fixed_batch`).
     """
 
     def __init__(
@@ -106,10 +128,16 @@ class InputSource:
         describe: dict[str, Any],
         draw: Callable[[int, int], tuple[torch.Tensor, ...]],
         available: int | None = None,
+        fixed_batch: int | None = None,
     ) -> None:
         self.description = describe
         self._draw = draw
         self.available = available
+        self.fixed_batch = fixed_batch
+
+    def check_fixed_batch(self, num_samples: int) -> None:
+        """See :func:`check_fixed_batch`."""
+        check_fixed_batch(self.fixed_batch, num_samples)
 
     def batch(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
         return self._draw(start, stop)
@@ -123,13 +151,40 @@ class InputSource:
                 f"{num_samples} samples asked for, but the input files hold {self.available}",
                 f"pass {option('num_samples')} {self.available} or fewer",
             )
+        if self.fixed_batch is not None:
+            self.check_fixed_batch(num_samples)
+            batch_size = self.fixed_batch
         for start in range(0, num_samples, batch_size):
             stop = min(start + batch_size, num_samples)
             yield tuple(t.to(device) for t in self.batch(start, stop))
 
     def first_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        """The first two samples (one where the files hold one) on ``device``, for trial runs."""
+        """The first two samples (one where the files hold one; the fixed batch size of an
+        exported program) on ``device``, for trial runs."""
+        if self.fixed_batch is not None:
+            b = self.fixed_batch
+            if self.available is not None and self.available < b:
+                raise ModelInputError(
+                    f"the model was exported for batches of exactly {b} samples, and the input "
+                    f"files hold {self.available}"
+                )
+            return tuple(t.to(device) for t in self.batch(0, b))
         return next(self.batches(min(2, self.available or 2), 2, device))
+
+
+def check_fixed_batch(fixed_batch: int | None, num_samples: int) -> None:
+    """UsageError (exit 2) when the model takes batches of exactly ``fixed_batch`` samples and
+    ``num_samples`` is not a multiple of that (the count is never changed silently)."""
+    b = fixed_batch
+    if b is None or num_samples % b == 0:
+        return
+    lower, upper = num_samples // b * b, (num_samples // b + 1) * b
+    choices = f"{lower} or {upper}" if lower else str(upper)
+    raise UsageError(
+        f"the model was exported for batches of exactly {b} samples, and "
+        f"{option('num_samples')} {num_samples} is not a multiple of {b}",
+        f"pass {option('num_samples')} {choices}, or export it with a dynamic batch dimension",
+    )
 
 
 def _block_draws(
@@ -234,7 +289,13 @@ def sampler_source(spec: str, seed: int) -> InputSource:
         return tuple(t.cpu() for t in outs)
 
     def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        return _block_draws(seed, start, stop, one_block)
+        batch = _block_draws(seed, start, stop, one_block)
+        if (k := _first_nonfinite_sample(batch)) is not None:
+            raise ModelInputError(
+                f"{what} {spec} returned NaN or infinite values (sample {start + k})",
+                "make the sampler return finite values",
+            )
+        return batch
 
     return InputSource({"kind": "sampler", "sampler": spec, "seed": seed}, draw)
 
@@ -274,13 +335,19 @@ def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
     info = getattr(model, "genaudit_input", None)
     if isinstance(info, zoo.InputInfo):
         return tuple(info.shape)
+    exported = static_input_shapes(model)
+    if exported is not None and len(exported) == 1 and len(exported[0]) > 1:
+        rest = exported[0][1:]  # an exported program records its input's shape
+        if all(type(n) is int for n in rest):
+            return tuple(int(n) for n in rest)
+    probe_batch = static_batch_size(model) or 2
     tried: list[tuple[int, ...]] = []
     for layer in _first_parametrised_layers(model):
         shape = _latent_guess(layer)
         if shape is None or shape in tried:
             continue
         tried.append(shape)
-        probe = (torch.zeros((2, *shape), device=_model_device(model)),)
+        probe = (torch.zeros((probe_batch, *shape), device=_model_device(model)),)
         try:
             first = first_layer_run(model, probe)
         except Exception:  # a failed trial just means this guess is wrong
@@ -303,7 +370,17 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def make_input_source(model: nn.Module, options: InputOptions) -> InputSource:
-    """Choose the input source by priority: files, sampler, shape, inference."""
+    """Choose the input source by priority: files, sampler, shape, inference.
+
+    For a ``torch.export`` program exported with a static batch size, the source's
+    ``fixed_batch`` is that size (read from the program's input specs).
+    """
+    source = _make_input_source(model, options)
+    source.fixed_batch = static_batch_size(model)
+    return source
+
+
+def _make_input_source(model: nn.Module, options: InputOptions) -> InputSource:
     if options.inputs and options.latents:
         raise UsageError(
             f"{option('inputs')} and {option('latents')} are alternatives: pass one of them"
@@ -336,6 +413,7 @@ def generated_source(
     """Data for an encoder or discriminator: the outputs of ``generator`` on ``latents``.
 
     Sample k is the generator's output for latent k, so it depends only on the seed and k.
+    The batches keep the latents' ``fixed_batch`` (a generator exported for one batch size).
     """
     generator.eval()
 
@@ -345,10 +423,17 @@ def generated_source(
             out = generator(*inputs)
         if isinstance(out, tuple | list):
             out = out[0]
-        return (out.detach().cpu(),)
+        data = out.detach().cpu()
+        if (k := _first_nonfinite_sample([data])) is not None:
+            raise ModelInputError(
+                f"the generator's output holds NaN or infinite values (sample {start + k})",
+                f"check the generator checkpoint given with {option('generator')}",
+            )
+        return (data,)
 
     describe = {"kind": "generated", "generator_inputs": latents.description}
-    return InputSource(describe, draw, available=latents.available)
+    # a generator exported for one batch size fixes the batches of what it feeds
+    return InputSource(describe, draw, available=latents.available, fixed_batch=latents.fixed_batch)
 
 
 def _probe_source(shape: tuple[int, ...], seed: int) -> InputSource:

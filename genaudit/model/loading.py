@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,12 @@ class LoadedModel:
     arch_kwargs: dict[str, Any]
     module: str | None
     trusted: bool
+    allowed_globals: tuple[str, ...] = ()  # --allow-global classes the file used: partly trusted
 
     def describe(self) -> dict[str, Any]:
-        """The checkpoint part of a JSON report."""
+        """The checkpoint part of a JSON report. ``trusted``: code-bearing content was loaded
+        (--trust-checkpoint); ``allowed_globals``: the classes allowed by name that the file
+        references and the weights-only loader constructed (empty unless partly trusted)."""
         return {
             "path": str(self.path),
             "sha256": self.sha256,
@@ -115,14 +119,34 @@ class LoadedModel:
             "arch_kwargs": self.arch_kwargs,
             "module": self.module,
             "trusted": self.trusted,
+            "allowed_globals": list(self.allowed_globals),
         }
 
 
+def _build_registered(
+    name: str, kwargs: dict[str, Any], fits: Callable[[nn.Module], object] | None
+) -> nn.Module:
+    """A registry architecture: built on the meta device, checked by ``fits`` against the
+    checkpoint's tensors, and only then built for real (no memory is spent on a misfit)."""
+    meta = zoo.build_meta(name, kwargs)
+    if fits is not None:
+        fits(meta)
+    return zoo.build(name, kwargs)
+
+
 def build_architecture(
-    arch: str | None, arch_kwargs: dict[str, Any], metadata: dict[str, str], source: str
+    arch: str | None,
+    arch_kwargs: dict[str, Any],
+    metadata: dict[str, str],
+    source: str,
+    fits: Callable[[nn.Module], object] | None = None,
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build the model named by ``--arch`` (registry name or pkg.module:Factory) or by the
-    checkpoint's genaudit metadata."""
+    checkpoint's genaudit metadata.
+
+    A registry architecture is first built on the ``meta`` device and passed to ``fits``, which
+    raises when the checkpoint's weights do not fit it; only then is it built for real.
+    """
     if arch is None:
         found = arch_from_metadata(metadata)
         if found is None:
@@ -133,7 +157,7 @@ def build_architecture(
             )
         name, kwargs = found
         kwargs = {**kwargs, **arch_kwargs}
-        return zoo.build(name, kwargs), name, kwargs
+        return _build_registered(name, kwargs, fits), name, kwargs
     if ":" in arch:
         factory = import_object(arch, "arch")
         try:
@@ -148,7 +172,7 @@ def build_architecture(
                 f"{option('arch')} {arch} returned {type(model).__name__}, not an nn.Module"
             )
         return model, arch, dict(arch_kwargs)
-    return zoo.build(arch, arch_kwargs), arch, dict(arch_kwargs)
+    return _build_registered(arch, dict(arch_kwargs), fits), arch, dict(arch_kwargs)
 
 
 def select_module(model: nn.Module, path: str | None) -> nn.Module:
@@ -175,10 +199,16 @@ def load_model(path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded
         arch, state_key = f"<{raw.format}>", None
         kwargs: dict[str, Any] = {}
     else:
-        model, arch, kwargs = build_architecture(
-            options.arch, options.arch_kwargs, raw.metadata, Path(path).name
-        )
         candidates = find_state_dicts(raw.obj)
+
+        def fits(meta: nn.Module) -> object:
+            return select_state_dict(
+                candidates, meta, state_key=options.state_key, strip_prefix=options.strip_prefix
+            )
+
+        model, arch, kwargs = build_architecture(
+            options.arch, options.arch_kwargs, raw.metadata, Path(path).name, fits
+        )
         state_key, state = select_state_dict(
             candidates, model, state_key=options.state_key, strip_prefix=options.strip_prefix
         )
@@ -195,4 +225,5 @@ def load_model(path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded
         arch_kwargs=kwargs,
         module=options.module,
         trusted=raw.trusted,
+        allowed_globals=raw.allowed_globals,
     )

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,23 +66,83 @@ def to_json(document: Mapping[str, Any]) -> str:
     return json.dumps(_clean(document), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def check_destination(target: str | None, flag: str) -> None:
-    """Fail early (exit 2) when an output file cannot be written, before any work is done.
+# File systems that hold no files of the user's: kernel interfaces.
+PSEUDO_FILE_SYSTEMS = frozenset(
+    {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
+     "configfs", "efivarfs", "fusectl", "binfmt_misc", "devpts", "mqueue", "autofs"}
+)  # fmt: skip
 
-    Missing parent folders are fine (they are created when the file is written); a parent
-    path that runs through a file, or a nearest existing folder that is not writable, is not.
+
+def difference_path(path: str | Path) -> Path:
+    """Where a picture grid's differences go: ``foo.png`` → ``foo_diff.png`` (same folder)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}_diff{p.suffix}")
+
+
+def file_system_type(folder: str | Path) -> str | None:
+    """The type of the file system ``folder`` is on (``proc``, ``ext4`` …), from the mount table;
+    None where there is none to read."""
+    real = os.path.realpath(folder)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def check_destination(target: str | None, flag: str) -> None:
+    """Fail early (exit 2), before any work is done, when an output file cannot be written.
+
+    ``-`` (standard output) is always fine. A target that exists and is not a regular file (a
+    device such as ``/dev/null``, a FIFO, a link to one) is written in place: it must be
+    writable. Otherwise the file is made by a rename in its folder (see
+    :mod:`genaudit.files`), so: a name (or a missing folder's) longer than the file system
+    allows (``PC_NAME_MAX``), a parent path that runs through a file, a folder on a kernel
+    interface (``/proc``, ``/sys``) or a nearest existing folder that is not writable are
+    refused. A symbolic link to a regular file is checked where it points. What cannot be
+    foreseen (a full disk) fails when the outputs are written (exit 3, no file changed).
     """
+    from ..files import is_stream
+
     if target is None or target == "-":
         return
-    path = Path(target)
-    if path.is_dir():
+    # os.path's tests, not pathlib's: these answer False for a name too long, rather than raise
+    if os.path.isdir(target):
         raise UsageError(f"{flag} {target} is a directory", "give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    if is_stream(target):
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"{flag} {target}: not writable")
+        return
+    path = os.path.realpath(target) if os.path.islink(target) else target  # written through
+    existing, missing = os.path.dirname(path) or ".", [os.path.basename(path)]
+    while not os.path.lexists(existing) and existing != os.path.dirname(existing):
+        missing.append(os.path.basename(existing))
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing):
         raise UsageError(f"{flag} {target}: {existing} is not a folder")
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for name in missing:
+        if len(os.fsencode(name)) > name_max:
+            raise UsageError(
+                f"{flag} {target}: file name too long ({len(os.fsencode(name))} bytes; "
+                f"at most {name_max} in {existing})"
+            )
+    kind = file_system_type(existing)
+    if kind in PSEUDO_FILE_SYSTEMS:
+        raise UsageError(f"{flag} {target}: {existing} is a {kind} folder that takes no files")
     if not os.access(existing, os.W_OK):
         raise UsageError(f"{flag} {target}: folder {existing} is not writable")
 

@@ -13,7 +13,8 @@
   difference, with a colour bar whose ticks give the values.
 
 The file format follows the suffix (``export.GRID_SUFFIXES``: PNG, JPEG, WebP, TIFF); the
-difference grid uses the same suffix. Both files are written atomically.
+difference grid uses the same suffix. Both files are written together, all or nothing
+(:func:`genaudit.files.staged_outputs`), or staged with the run's other outputs.
 
 How outputs and differences are drawn is :mod:`genaudit.report.panels` (value range, channels,
 1-D/2-D/3-D maps) with :mod:`genaudit.report.colours` (magma); the grid around them is
@@ -32,7 +33,8 @@ import torch
 
 from ..analysis.stretch import StretchLayerResult, StretchResult
 from ..errors import UsageError
-from ..files import write_atomic
+from ..files import OutputSet, staged_outputs
+from .export import difference_path
 from .image_files import encode_image, image_format
 from .panels import as_2d, colour_channels, difference_panels, display_range, output_panels
 from .picture_layout import (
@@ -157,23 +159,26 @@ def render_difference_grid(result: StretchResult) -> RenderedGrid:
     return compose_grid(rows, title, separate_after=1, colour_scale=(0.0, hi))
 
 
-def difference_path(path: str | Path) -> Path:
-    """Where the difference grid goes: ``foo.png`` → ``foo_diff.png`` (same folder and suffix)."""
-    p = Path(path)
-    return p.with_name(f"{p.stem}_diff{p.suffix}")
-
-
-def write_stretch_grids(result: StretchResult, path: str | Path) -> tuple[Path, Path]:
-    """Write the sample grid to ``path`` and the difference grid beside it; return both paths.
+def write_stretch_grids(
+    result: StretchResult, path: str | Path, out: OutputSet | None = None
+) -> tuple[Path, Path]:
+    """Write the sample grid to ``path`` and the difference grid beside it
+    (:func:`~genaudit.report.export.difference_path`); return both paths.
 
     The format follows the suffix (one of ``export.GRID_SUFFIXES``; anything else is a
-    :class:`UsageError` before any drawing). Both files are rendered before either is written,
-    and each is written atomically.
+    :class:`UsageError` before any drawing). Both files are rendered before either is written.
+    With ``out`` (a :class:`~genaudit.files.OutputSet`) they are staged with the run's other
+    outputs and written when it commits; without, both are written now, all or nothing.
     """
     fmt = image_format(path)
     grid = encode_image(render_stretch_grid(result).image, fmt)
     diff = encode_image(render_difference_grid(result).image, fmt)
     target, target_diff = Path(path), difference_path(path)
-    write_atomic(target, grid)
-    write_atomic(target_diff, diff)
+    if out is not None:
+        out.add(target, grid)
+        out.add(target_diff, diff)
+    else:
+        with staged_outputs() as own:
+            own.add(target, grid)
+            own.add(target_diff, diff)
     return target, target_diff

@@ -20,7 +20,7 @@ import numpy as np
 from ..analysis.compare import Comparison
 from ..analysis.sdr import LayerSDR, SDRResult
 from ..errors import UsageError, option
-from ..files import write_atomic
+from ..files import OutputSet, staged_outputs
 from .export import PLOT_SUFFIXES, check_suffix
 
 if TYPE_CHECKING:
@@ -170,8 +170,9 @@ def comparison_figure(comparison: Comparison, title: str = "") -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` as PNG, PDF or SVG by ``path``'s suffix, atomically, without dates."""
+def save_figure(fig: Figure, path: str | Path, out: OutputSet | None = None) -> None:
+    """Write ``fig`` as PNG, PDF or SVG by ``path``'s suffix, without dates: staged in ``out``
+    (a :class:`~genaudit.files.OutputSet`, written when it commits), or now, atomically."""
     from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -182,16 +183,26 @@ def save_figure(fig: Figure, path: str | Path) -> None:
     # which stay editable, instead of Type 3; SVG: a fixed salt, so equal figures give equal ids.
     with rc_context({"pdf.fonttype": 42, "svg.hashsalt": "genaudit"}):
         fig.savefig(buf, format=fmt, dpi=_PNG_DPI, metadata=_NO_DATES[fmt])
-    write_atomic(path, buf.getvalue())
+    if out is not None:
+        out.add(path, buf.getvalue())
+        return
+    with staged_outputs() as own:
+        own.add(path, buf.getvalue())
 
 
-def plot_sdr(result: SDRResult, path: str | Path, title: str = "") -> None:
-    """Histograms of log10 SDR, one panel per SDR layer, written to ``path`` (PNG/PDF/SVG)."""
+def plot_sdr(
+    result: SDRResult, path: str | Path, title: str = "", out: OutputSet | None = None
+) -> None:
+    """Histograms of log10 SDR, one panel per SDR layer, written to ``path`` (PNG/PDF/SVG);
+    staged in ``out`` when given (see :func:`save_figure`)."""
     plot_format(path)  # refuse an unknown suffix before drawing
-    save_figure(sdr_figure(result, title), path)
+    save_figure(sdr_figure(result, title), path, out)
 
 
-def plot_comparison(comparison: Comparison, path: str | Path, title: str = "") -> None:
-    """Decoder and encoder histograms per mirrored level, written to ``path`` (PNG/PDF/SVG)."""
+def plot_comparison(
+    comparison: Comparison, path: str | Path, title: str = "", out: OutputSet | None = None
+) -> None:
+    """Decoder and encoder histograms per mirrored level, written to ``path`` (PNG/PDF/SVG);
+    staged in ``out`` when given (see :func:`save_figure`)."""
     plot_format(path)
-    save_figure(comparison_figure(comparison, title), path)
+    save_figure(comparison_figure(comparison, title), path, out)
