@@ -7,7 +7,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -372,21 +371,3 @@ def test_sdr_plot(vae: tuple[SDRResult, SDRResult], tmp_path: Path) -> None:
     png = tmp_path / "sdr.png"
     plot_sdr(vae[0], png)
     assert png.stat().st_size > 1000
-
-
-def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
-    from genaudit.report.plots import require_matplotlib
-
-    real_import = builtins.__import__
-
-    def no_mpl(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_mpl)
-    with pytest.raises(UsageError) as info:
-        require_matplotlib()
-    assert info.value.exit_code == ExitCode.USAGE and "genaudit[plot]" in str(info.value.hint)

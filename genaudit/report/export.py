@@ -157,3 +157,15 @@ def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for row in rows:
         writer.writerow(["" if isinstance(v, float) and not math.isfinite(v) else v for v in row])
     return buf.getvalue()
+
+
+def writer_format(
+    path: str | Path, what: str, allowed: Sequence[str], formats: dict[str, str]
+) -> str:
+    """The writer's format name for ``path``'s suffix (``formats`` maps suffixes to names), after
+    :func:`check_suffix`; a suffix that ``allowed`` lists but ``formats`` lacks is a UsageError."""
+    check_suffix(str(path), what, allowed)
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        raise UsageError(f"{what} {path}: no writer for {suffix}")
+    return formats[suffix]

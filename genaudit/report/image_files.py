@@ -13,8 +13,7 @@ from typing import Any
 
 from PIL import Image, features
 
-from ..errors import UsageError
-from .export import GRID_SUFFIXES, check_suffix
+from .export import GRID_SUFFIXES, writer_format
 
 __all__ = ["encode_image", "image_format"]
 
@@ -42,11 +41,7 @@ def _save_options(fmt: str) -> dict[str, Any]:
 
 def image_format(path: str | Path) -> str:
     """Pillow's name of the format written for ``path``'s suffix (``.jpg`` → ``JPEG``)."""
-    check_suffix(str(path), "picture", GRID_SUFFIXES)
-    suffix = Path(path).suffix.lower()
-    if suffix not in _FORMATS:  # GRID_SUFFIXES lists a suffix this module cannot write
-        raise UsageError(f"picture {path}: no writer for {suffix}")
-    return _FORMATS[suffix]
+    return writer_format(path, "picture", GRID_SUFFIXES, _FORMATS)
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

@@ -21,7 +21,7 @@ from ..analysis.compare import Comparison
 from ..analysis.sdr import LayerSDR, SDRResult
 from ..errors import UsageError, option
 from ..files import OutputSet, staged_outputs
-from .export import PLOT_SUFFIXES, check_suffix
+from .export import PLOT_SUFFIXES, writer_format
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -60,11 +60,7 @@ def require_matplotlib() -> None:
 
 def plot_format(path: str | Path) -> str:
     """matplotlib's format name for ``path``'s suffix (``.svg`` → ``svg``); UsageError if none."""
-    check_suffix(str(path), "plot", PLOT_SUFFIXES)
-    suffix = Path(path).suffix.lower()
-    if suffix not in _FORMATS:  # PLOT_SUFFIXES lists a suffix this module cannot write
-        raise UsageError(f"plot {path}: no writer for {suffix}")
-    return _FORMATS[suffix]
+    return writer_format(path, "plot", PLOT_SUFFIXES, _FORMATS)
 
 
 def shared_range(values: Sequence[np.ndarray]) -> tuple[float, float]:
