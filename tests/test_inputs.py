@@ -217,3 +217,38 @@ def test_exported_program_with_a_fixed_batch_needs_no_batch_size(tmp_path) -> No
     res = runner.invoke(app, ["sdr", path, *base, "--num-samples", "8"])
     assert res.exit_code == 2, res.output
     assert "exactly 3 samples" in res.stderr and "--num-samples 6 or 9" in res.stderr
+
+
+def test_a_fixed_batch_encoder_fed_by_a_generator_gets_its_batch_size(tmp_path) -> None:
+    """An encoder exported for batches of 3, fed the outputs of an eager generator."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from genaudit.cli import app
+    from genaudit.io.writing import save_safetensors
+    from genaudit.model.inputs import feeding, generated_source
+
+    torch.manual_seed(2)
+    gen = zoo.build("dcgan_generator", {"ngf": 4, "nz": 8, "image_size": 16}).eval()
+    gen_path = tmp_path / "g.safetensors"
+    save_safetensors(gen.state_dict(), gen_path, arch="dcgan_generator",
+                     arch_kwargs={"ngf": 4, "nz": 8, "image_size": 16})  # fmt: skip
+    disc = zoo.build("dcgan_discriminator", {"ndf": 4, "image_size": 16}).eval()
+    disc_path = tmp_path / "d3.pt2"
+    torch.export.save(torch.export.export(disc, (torch.randn(3, 3, 16, 16),)), disc_path)
+    runner = CliRunner()
+    base = ["--trust-checkpoint", "--device", "cpu", "--generator", str(gen_path)]
+    res = runner.invoke(app, ["sdr", str(disc_path), *base, "--num-samples", "6", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["results"]["batch_size_final"] == 3
+    res = runner.invoke(app, ["sdr", str(disc_path), *base, "--num-samples", "8"])
+    assert res.exit_code == 2 and "exactly 3 samples" in res.stderr, res.output
+    # two different fixed batch sizes cannot be reconciled: one clear error
+    from genaudit.model.loading import LoadOptions, load_model
+
+    static_gen = load_model(_export(tmp_path, 2), LoadOptions(trust_checkpoint=True)).model
+    static_disc = load_model(disc_path, LoadOptions(trust_checkpoint=True)).model
+    fed = generated_source(static_gen, make_input_source(static_gen, InputOptions()), CPU)
+    with pytest.raises(ModelInputError, match=r"exactly 3 samples.*exactly 2"):
+        feeding(static_disc, fed)

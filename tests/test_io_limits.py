@@ -119,6 +119,33 @@ def test_ratio_limit_is_overridable(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         probe_format(bomb)
 
 
+def test_limits_are_overridable_by_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from genaudit.cli import app
+    from genaudit.io.limits import limits_set
+    from genaudit.model.loading import LoadOptions
+
+    bomb = write_bomb(tmp_path / "bomb.pt", megabytes=16)
+    with limits_set({"zip_ratio": 1_000_000}), pytest.raises(CheckpointError, match="corrupt"):
+        probe_format(bomb)  # past the limit: a pickle of zeros
+    with pytest.raises(CheckpointError, match="zip bomb") as info:  # back to the default
+        probe_format(bomb)
+    assert "--limit zip-ratio=N (now 100)" in info.value.hint
+    # the flag wins over the environment variable, for this load only
+    monkeypatch.setenv(LIMITS["zip_ratio"][0], "1000000")
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        load_model(bomb, LoadOptions(limits=(("zip_ratio", 100),)))
+    monkeypatch.delenv(LIMITS["zip_ratio"][0])
+    runner = CliRunner()
+    res = runner.invoke(app, ["layers", str(bomb), "--limit", "zip-ratio=1M"])
+    assert res.exit_code == 3 and "corrupt pickle" in res.stderr, res.output
+    res = runner.invoke(app, ["layers", str(bomb), "--limit", "zip-ratio=0"])
+    assert res.exit_code == 2 and "positive integer" in res.output, res.output
+    res = runner.invoke(app, ["layers", str(bomb), "--limit", "ratio=5"])
+    assert res.exit_code == 2 and "checkpoint-bytes, zip-ratio" in res.output, res.output
+
+
 # ---------------------------------------------------------------------------------------------
 # Safetensors
 

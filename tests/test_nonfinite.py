@@ -153,3 +153,32 @@ def test_finite_models_are_unaffected() -> None:
                      device=CPU)  # fmt: skip
     assert all(x.reason != NONFINITE_REASON for x in result.layers)
     assert all(x.analysis != "skipped" for x in result.layers)
+
+
+def test_the_gate_names_nonfinite_layers_instead_of_undefined() -> None:
+    import io
+
+    from rich.console import Console
+
+    from genaudit import gate
+    from genaudit.report.tables import verdict_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1), Blowup(float("inf")), nn.Conv2d(6, 3, 3, padding=1),
+    ).eval()  # fmt: skip
+    records = _records(model, (4, 4, 4))
+    result = run_sdr(model, records, latent_source((4, 4, 4)), num_samples=6, batch_size=4,
+                     device=CPU)  # fmt: skip
+    metrics = gate.collect_metrics(result, None)
+    rule = gate.parse_rule_flag("sdr.sd_log10:2::1.0")
+    targets = gate.resolve_targets([rule], records)
+    [e] = gate.evaluate_rules(targets, metrics)
+    assert e.status == "fail" and e.reason == NONFINITE_REASON
+    assert "has no value at layer 2: non-finite activations" in e.message()
+    assert e.shown_value == "non-finite" and e.to_dict()["reason"] == NONFINITE_REASON
+    verdict = gate.GateResult((rule,), (e,), (), fail_on_warn=False)
+    console = Console(width=120, record=True, color_system=None, file=io.StringIO())
+    console.print(verdict_table(verdict, "gate", width=120))
+    text = console.export_text()
+    assert "non-finite" in text and "undefined" not in text

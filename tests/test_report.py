@@ -417,18 +417,18 @@ def test_deep_model_per_layer_tables_stay_one_line_per_layer(
     records, result, stretch = deep
     for width in ALL_WIDTHS:
         for table in (
-            sdr_tables.sdr_table(result, title="deep", width=width),
+            sdr_tables.sdr_table(result, title="deep", width=width, rows="all"),
             report.stretch_table(stretch, title="deep", width=width),
         ):
             text = check_fits(table, width)
             rows = [line for line in text.splitlines() if re.match(r"\s*\d+ ", line)]
             assert len(rows) == len(table.rows), text
-        text = check_fits(report.layers_table(records, width=width), width)
+        text = check_fits(report.layers_table(records, width=width, rows="all"), width)
         # one row per layer: its index is the first thing on exactly one line
         indices = [int(m.group(1)) for m in re.finditer(r"(?m)^\s*(\d+) ", text)]
         assert indices == [r.index for r in records]
     # long names are shortened from the middle: the beginning and the whole last component kept
-    table = sdr_tables.sdr_table(result, width=80)
+    table = sdr_tables.sdr_table(result, width=80, rows="all")
     shown = next(cells for header, _, cells in _columns(table) if header == "layer")
     assert len(shown) == len(records)
     shortened = 0

@@ -37,12 +37,15 @@ def axis_tuple(value: int | Sequence[int], d: int, name: str) -> tuple[int, ...]
     return t
 
 
-def pair_kernels(weight: Tensor, *, transposed: bool, groups: int) -> Tensor:
+def pair_kernels(
+    weight: Tensor, *, transposed: bool, groups: int, differentiable: bool = False
+) -> Tensor:
     """Per-pair kernels ``(C_out, C_in // groups, k_1, …, k_d)`` in float64.
 
     Conv weights are stored ``(C_out, C_in/g, k…)`` already; ConvTranspose weights are stored
     ``(C_in, C_out/g, k…)`` and are regrouped so that row o, column j is the kernel from input
-    channel ``(o // (C_out/g)) · (C_in/g) + j`` to output channel o.
+    channel ``(o // (C_out/g)) · (C_in/g) + j`` to output channel o. The result is detached
+    from ``weight`` unless ``differentiable`` (the penalty of :mod:`genaudit.analysis.penalty`).
     """
     if weight.dim() not in (3, 4, 5):
         raise ValueError(
@@ -50,7 +53,7 @@ def pair_kernels(weight: Tensor, *, transposed: bool, groups: int) -> Tensor:
         )
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
-    w = weight.detach().to(torch.float64)
+    w = (weight if differentiable else weight.detach()).to(torch.float64)
     if not transposed:
         if w.shape[0] % groups:
             raise ValueError(f"C_out={w.shape[0]} is not divisible by groups={groups}")
@@ -113,6 +116,7 @@ def kernel_power(
     stride: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
+    differentiable: bool = False,
 ) -> Tensor:
     """Kernel power of every existing pair on the input grid, the dense route (docs/method.md).
 
@@ -133,6 +137,8 @@ def kernel_power(
         weight ``(C_in, C_out/g, k_1, …, k_d)``; d = 1, 2 or 3.
     grid : sequence of int
         Input grid ``(M_1, …, M_d)``.
+    differentiable : bool
+        Keep the result attached to ``weight``'s autograd graph (default: detached).
 
     Returns
     -------
@@ -150,7 +156,7 @@ def kernel_power(
     """
     g = check_grid(grid)
     d = len(g)
-    w = pair_kernels(weight, transposed=transposed, groups=groups)
+    w = pair_kernels(weight, transposed=transposed, groups=groups, differentiable=differentiable)
     if w.dim() - 2 != d:
         raise ValueError(f"weight has {w.dim() - 2} spatial dims but grid {g} has {d}")
     dil = axis_tuple(dilation, d, "dilation")

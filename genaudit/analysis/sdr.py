@@ -1,49 +1,47 @@
 """SDR analysis of a model: stream activations into spectra, then every pair's ratio.
 
-One pass over the samples: a forward pre-hook on every chosen layer adds the layer's actual
-input to a streaming accumulator (a spectrum for SDR layers, a covariance for trace-method
-layers), so memory does not grow with the number of samples. The ratios are computed once at
-the end from the accumulators and the weights.
+One pass over the samples (:mod:`genaudit.analysis.statistics`) adds every chosen layer's
+actual input to a streaming accumulator (a spectrum for SDR layers, a covariance for
+trace-method layers), so memory does not grow with the number of samples. The ratios are
+computed once at the end from the accumulators and the weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..config import DEFAULT_TOLERANCE
-from ..errors import ModelInputError, NothingToAnalyseError, option
-from ..model.hooks import eval_mode, forward_hooks
-from ..model.inputs import check_fixed_batch
+from ..errors import NothingToAnalyseError, option
 from ..model.layers import ALL_LEVELS, AnalysisKind, LayerRecord
 from ..model.levels import Level
-from .accumulators import CovarianceAccumulator, SpectrumAccumulator
-from .distributed import Accumulator, DistributedRun, all_reduce_accumulators, shard_ranges
-from .finite import NONFINITE_REASON, check_finite_weights, finite_sums, nonfinite_failure
+from .accumulators import CovarianceAccumulator
+from .distributed import Accumulator, DistributedRun
+from .finite import NONFINITE_REASON, finite_sums, nonfinite_failure
 from .spectral import GridTooSmallError, spectral_density_ratio
+from .statistics import Samples, Statistics, collect_statistics
 from .trace_method import mechanism_matrix, trace_ratio
 
-
-class Samples(Protocol):
-    """The model's inputs by sample index: ``batch(start, stop)`` gives the positional inputs of
-    samples ``start … stop-1``, the same values whichever batch a sample is asked in (so a batch
-    can be rerun at half the size, and samples shared among processes); ``available`` is how
-    many samples there are (None: no limit). A source may also have ``fixed_batch``, the only
-    batch size the model accepts (:class:`~genaudit.model.inputs.InputSource`): it is then used
-    whatever ``batch_size`` is asked, and ``num_samples`` must be a multiple of it."""
-
-    @property
-    def available(self) -> int | None: ...
-
-    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, ...]: ...
-
+__all__ = [
+    "NONFINITE_REASON",
+    "LayerSDR",
+    "LevelSDR",
+    "SDRResult",
+    "Samples",
+    "Statistics",
+    "Summary",
+    "collect_statistics",
+    "histogram",
+    "layer_sdr",
+    "pool_levels",
+    "run_sdr",
+]
 
 # Fixed log10-SDR histogram bins: 20 bins of width 0.1 on [-1, 1] plus one open bin each side.
 HIST_EDGES: tuple[float, ...] = tuple(round(-1.0 + 0.1 * k, 10) for k in range(21))
@@ -208,8 +206,10 @@ class SDRResult:
     batch_size_final: int = 0  # after out-of-memory halvings
     oom_halvings: int = 0
     world_size: int = 1  # processes that shared the samples (torchrun)
+    notes: tuple[str, ...] = ()  # e.g. how many functional convolutions were not analysed
 
     def to_dict(self, pairs: bool = False) -> dict[str, Any]:
+        notes = {"notes": list(self.notes)} if self.notes else {}
         return {
             "num_samples": self.num_samples,
             "batch_size": self.batch_size,
@@ -220,6 +220,7 @@ class SDRResult:
             "histogram_edges_log10": [-math.inf, *self.hist_edges, math.inf],
             "layers": [layer.to_dict(pairs) for layer in self.layers],
             "levels": [level.to_dict() for level in self.levels],
+            **notes,
         }
 
     def csv_rows(self) -> list[tuple[Any, ...]]:
@@ -230,206 +231,6 @@ class SDRResult:
         return rows
 
     CSV_HEADER = ("layer", "level", "out_channel", "in_channel", "sdr", "log10_sdr")
-
-
-class _StopForward(Exception):
-    """Raised from a hook once every chosen layer has seen its input: the rest is not needed."""
-
-
-@dataclass(frozen=True, eq=False)
-class Statistics:
-    """What :func:`collect_statistics` gathered: per-layer sums, weights, how the batches went.
-
-    ``accumulators`` and ``weights`` are keyed by layer index. ``batch_size_final`` is the batch
-    size the run ended with (smaller than asked after out-of-memory halvings; over all ranks of
-    a distributed run, the smallest), ``oom_halvings`` how often it was halved (the most on
-    any rank), ``world_size`` the number of processes that shared the samples.
-    """
-
-    accumulators: dict[int, Accumulator]
-    weights: dict[int, torch.Tensor]
-    batch_size: int
-    batch_size_final: int
-    oom_halvings: int = 0
-    world_size: int = 1
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    w = module.weight
-    assert isinstance(w, torch.Tensor)
-    return w.detach()
-
-
-def _new_accumulator(record: LayerRecord) -> Accumulator:
-    if record.analysis == "sdr":
-        return SpectrumAccumulator(record.dims)
-    return CovarianceAccumulator()
-
-
-def _zero_accumulator(record: LayerRecord, device: torch.device) -> Accumulator:
-    """An empty accumulator with allocated zero sums of the record's shapes (for all-reduce)."""
-    f64 = torch.float64
-    if record.analysis == "sdr":
-        grid = tuple(int(m) for m in record.grid)
-        shape = (int(record.input_shape[0]), *grid[:-1], grid[-1] // 2 + 1)
-        return SpectrumAccumulator.from_sums(torch.zeros(shape, dtype=f64, device=device), 0, grid)
-    n = int(record.input_shape[-1]) if record.type == "Linear" else math.prod(record.input_shape)
-    acc = CovarianceAccumulator()
-    acc.total = torch.zeros(n, dtype=f64, device=device)
-    acc.outer = torch.zeros(n, n, dtype=f64, device=device)
-    return acc
-
-
-def _merge(into: Accumulator, batch: Accumulator) -> Accumulator:
-    """Add one batch's sums; the first batch's accumulator is adopted as it is (no copy)."""
-    if into.count == 0 and into is not batch and _is_unallocated(into):
-        return batch
-    if isinstance(into, SpectrumAccumulator) and isinstance(batch, SpectrumAccumulator):
-        return into.merge(batch)
-    if isinstance(into, CovarianceAccumulator) and isinstance(batch, CovarianceAccumulator):
-        return into.merge(batch)
-    raise TypeError("cannot merge accumulators of different kinds")
-
-
-def _is_unallocated(acc: Accumulator) -> bool:
-    if isinstance(acc, SpectrumAccumulator):
-        return acc.power_sum is None
-    return acc.total is None
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host → device without stalling the host: pinned memory and an asynchronous copy."""
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _halved(batch_size: int) -> int:
-    return max(1, batch_size // 2)
-
-
-def collect_statistics(
-    model: nn.Module,
-    records: Sequence[LayerRecord],
-    source: Samples,
-    *,
-    num_samples: int,
-    batch_size: int,
-    device: torch.device,
-    progress: Callable[[int], None] | None = None,
-    group: DistributedRun | None = None,
-) -> Statistics:
-    """Stream ``num_samples`` samples through ``model`` and accumulate each layer's input.
-
-    Returns the accumulators and the weights as they were when the layers ran (weight norm and
-    other parametrisations are evaluated by then), keyed by layer index.
-
-    Transactional batches: the hooks add into per-batch accumulators that are merged into the
-    run's totals only once the batch's forward pass has finished. When a batch runs out of
-    device memory (``torch.OutOfMemoryError``, CUDA's included), nothing of it has been
-    counted: the batch size is halved and the run continues from the same sample, so the
-    result equals a run with the smaller batch size from that sample on (exactly, when the
-    first batch is the one that failed). Out of memory at batch size 1 raises
-    :class:`NothingToAnalyseError`.
-
-    With ``group`` (a torchrun job) this process runs only its shard of the samples
-    (:func:`~genaudit.analysis.distributed.shard_ranges`, blocks of ``batch_size``) and the sums are
-    all-reduced at the end, so every rank returns the statistics of all ``num_samples``.
-
-    The loop makes no host synchronisation on CUDA: inputs are copied asynchronously from
-    pinned memory, accumulators stay on the device, and progress counts come from shapes.
-    """
-    if source.available is not None and num_samples > source.available:
-        raise ModelInputError(
-            f"{num_samples} samples asked for, but the input files hold {source.available}",
-            f"pass {option('num_samples')} {source.available} or fewer",
-        )
-    fixed: int | None = getattr(source, "fixed_batch", None)
-    if fixed is not None:  # a program exported for one batch size takes no other
-        check_fixed_batch(fixed, num_samples)
-        batch_size = int(fixed)
-    check_finite_weights(model, records)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    weights: dict[int, torch.Tensor] = {}
-    active = [r for r in records if r.analysis != "skipped"]
-    acc: dict[int, Accumulator] = {
-        r.index: _zero_accumulator(r, device) if group is not None else _new_accumulator(r)
-        for r in active
-    }
-    staging: dict[int, Accumulator] = {}
-    # Stop the forward pass after the last chosen layer has taken its input, unless a layer
-    # runs several times per pass (all its calls count).
-    can_stop = all(r.calls == 1 for r in active)
-    last = max((r.index for r in active), default=-1)
-
-    def make_hook(r: LayerRecord) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            if r.index not in weights:
-                weights[r.index] = _weight(module).clone()
-            a = staging[r.index]
-            if isinstance(a, SpectrumAccumulator):
-                a.add(x.detach())
-            elif r.type == "Linear":
-                a.add(x.detach().reshape(-1, x.shape[-1]))
-            else:
-                a.add(x.detach().reshape(x.shape[0], -1))
-            if can_stop and r.index == last:
-                raise _StopForward
-
-        return hook
-
-    def run_batch(start: int, stop: int) -> None:
-        staging.clear()
-        staging.update((r.index, _new_accumulator(r)) for r in active)
-        inputs = tuple(_to_device(t, device) for t in source.batch(start, stop))
-        with contextlib.suppress(_StopForward):
-            model(*inputs)
-
-    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
-    ranges = shard_ranges(num_samples, batch_size, rank, world)
-    size, halvings = batch_size, 0
-    hooks = [(modules[r.name], make_hook(r)) for r in active]
-    with eval_mode(model), forward_hooks(hooks, pre=True), torch.no_grad():
-        if not ranges:
-            # No samples for this rank: one throwaway sample shows the weights as they run.
-            run_batch(0, 1)
-        for lo, hi in ranges:
-            start = lo
-            while start < hi:
-                stop = min(start + size, hi)
-                try:
-                    run_batch(start, stop)
-                except torch.OutOfMemoryError:
-                    failed = True  # handled below, once the traceback's tensors are released
-                else:
-                    failed = False
-                if failed:
-                    staging.clear()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if size == 1 or fixed is not None:
-                        raise NothingToAnalyseError(
-                            f"out of memory on {device} even with a batch of {size} "
-                            f"sample{'s' * (size > 1)}"
-                            + (" (the exported model takes no other)" if fixed else ""),
-                            f"free device memory, analyse fewer layers ({option('layers')}) "
-                            f"or use {option('device')} cpu",
-                        )
-                    size, halvings = _halved(size), halvings + 1
-                    continue
-                for index, batch in staging.items():
-                    acc[index] = _merge(acc[index], batch)
-                staging.clear()
-                if progress is not None:
-                    progress(stop - start)
-                start = stop
-        staging.clear()
-    if group is not None:
-        all_reduce_accumulators(group, [acc[r.index] for r in active])
-        worst = group.all_reduce_max(torch.tensor([halvings, -size], dtype=torch.int64))
-        halvings, size = int(worst[0]), -int(worst[1])
-    return Statistics(acc, weights, batch_size, size, halvings, world)
 
 
 def layer_sdr(
@@ -554,4 +355,17 @@ def run_sdr(
         batch_size_final=stats.batch_size_final,
         oom_halvings=stats.oom_halvings,
         world_size=stats.world_size,
+        notes=functional_notes(records),
+    )
+
+
+def functional_notes(records: Sequence[LayerRecord]) -> tuple[str, ...]:
+    """``N functional convolutions were not analysed …`` for the chosen records, if any."""
+    left = [r for r in records if r.is_functional and r.analysis == "skipped"]
+    if not left:
+        return ()
+    n = len(left)
+    return (
+        f"{n} functional convolution{'s' * (n > 1)} {'were' if n > 1 else 'was'} not analysed "
+        f"({', '.join(r.name for r in left)}): see each layer's reason",
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import NothingToAnalyseError, UsageError, option
+from ..model.functional import intervene_functional
 from ..model.hooks import eval_mode, forward_hooks
 from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
 from ..model.levels import Level
@@ -304,7 +305,15 @@ def run_stretch(
     for record in chosen:
         _check_layer(record, axis if isinstance(axis, str) else None)
     check_finite_weights(model, records)
-    modules = [model.get_submodule(r.name) for r in chosen]
+
+    def intervention(record: LayerRecord) -> Callable[[], AbstractContextManager[nn.Module]]:
+        """A module's forward hook, or for a functional convolution a mode on its op."""
+        if record.is_functional:
+            return lambda: intervene_functional(model, record.op_keys, transform)
+        module = model.get_submodule(record.name)
+        return lambda: intervene(model, module, transform)
+
+    interventions = [intervention(r) for r in chosen]
 
     sq_base = torch.zeros((), dtype=torch.float64)
     sq_layers = [torch.zeros((), dtype=torch.float64) for _ in chosen]
@@ -335,8 +344,8 @@ def run_stretch(
             if take > 0:
                 kept_orig.append(_keep(out, take))
                 kept_stretched.append(_keep(target, take))
-            for k, module in enumerate(modules):
-                with intervene(model, module, transform):
+            for k, intervening in enumerate(interventions):
+                with intervening():
                     y = output_map(model(*inputs))
                 if y.shape != out.shape:
                     raise NothingToAnalyseError(

@@ -15,19 +15,22 @@ import torch
 
 from ..config import Settings, load_settings
 from ..errors import UsageError
+from ..io.limits import parse_limit
 from ..model.inputs import (
     InputOptions,
     InputSource,
+    feeding,
     generated_source,
     make_input_source,
     trial_forward,
 )
 from ..model.layers import LayerRecord, walk_layers
 from ..model.loading import LoadedModel, LoadOptions, load_model, resolve_device
+from ..model.user_code import read_arch_config
 from ..values import parse_json_kwargs, parse_shape
 from . import raise_if_interrupted
 from .options import InputFlags, LoadFlags, RunFlags
-from .root import STATE, stderr_console, warning
+from .root import STATE, note, stderr_console, warning
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ def read_kwargs(text: str | None, what: str) -> dict[str, Any]:
     return parse_json_kwargs(text, what)
 
 
+def weights_line(loaded: LoadedModel) -> str:
+    """Which weights were loaded, when a key prefix was removed or keys were ignored."""
+    where = "the top level" if not loaded.state_key else loaded.state_key
+    ignored = f" ({loaded.ignored_keys} other keys ignored)" if loaded.ignored_keys else ""
+    return f"weights: {where}, keys under {loaded.key_prefix}{ignored}"
+
+
 def load_settings_for(run: RunFlags) -> tuple[Settings, dict[str, Any]]:
     """Configuration file (or ``--config``) under the command-line flags."""
     settings, table = load_settings(run.config)
@@ -103,11 +113,16 @@ def open_audit(
     load_opts = LoadOptions(
         arch=load.arch,
         arch_kwargs=read_kwargs(load.arch_kwargs, f"--{flag_prefix}arch-kwargs"),
+        arch_config=None
+        if load.arch_config is None
+        else read_arch_config(load.arch_config, f"--{flag_prefix}arch-config"),
         state_key=load.state_key,
         strip_prefix=load.strip_prefix,
+        select=load.select,
         module=load.module,
         allow_globals=load.allow_global,
         trust_checkpoint=load.trust_checkpoint,
+        limits=tuple(parse_limit(text) for text in load.limit),
     )
     if load.trust_checkpoint:
         warning(
@@ -120,6 +135,8 @@ def open_audit(
             f"may construct these classes from {model_path}. This is recorded in the report."
         )
     loaded = load_model(model_path, load_opts)
+    if loaded.key_prefix or loaded.ignored_keys:
+        note(weights_line(loaded))
     model = loaded.model.to(dev)
     input_opts = InputOptions(
         latents=inputs.latents,
@@ -139,7 +156,10 @@ def open_audit(
                 f"--{flag_prefix}generator is an alternative to --{flag_prefix}inputs, "
                 f"--{flag_prefix}latents and --{flag_prefix}sampler"
             )
-        gen = load_model(inputs.generator, LoadOptions(trust_checkpoint=load.trust_checkpoint))
+        gen = load_model(
+            inputs.generator,
+            LoadOptions(trust_checkpoint=load.trust_checkpoint, limits=load_opts.limits),
+        )
         gen_model = gen.model.to(dev)
         gen_source = make_input_source(gen_model, replace(input_opts, inputs=None))
         trial_forward(gen_model, gen_source, dev)
@@ -147,17 +167,21 @@ def open_audit(
         source.description["generator"] = gen.describe()
     else:
         source = make_input_source(model, input_opts)
+    source = feeding(model, source)
     trial_forward(model, source, dev)
     cfg = {
         **settings.to_dict(),
         "load": {
             "arch": load.arch,
             "arch_kwargs": load_opts.arch_kwargs,
+            "arch_config": load.arch_config,
             "state_key": load.state_key,
             "strip_prefix": load.strip_prefix,
+            "select": load.select,
             "module": load.module,
             "allow_globals": list(load_opts.allow_globals),
             "trust_checkpoint": load.trust_checkpoint,
+            "limits": dict(load_opts.limits),
         },
         "inputs": source.description,
     }

@@ -9,6 +9,7 @@ from .options import (
     INPUTS,
     MODEL,
     RUN,
+    AllRowsOpt,
     CsvOpt,
     InputFlags,
     JsonOpt,
@@ -19,6 +20,7 @@ from .options import (
     with_options,
 )
 from .root import check_outputs, command, outputs, stdout_console
+from .sdr import ROWS_HINT, table_rows
 
 LAYER_CSV_HEADER = (
     "index", "layer", "type", "input_shape", "output_shape", "kernel_size", "stride",
@@ -36,6 +38,7 @@ def layers_cmd(
     layers: LayersOpt = None,
     json_out: JsonOpt = None,
     csv_out: CsvOpt = None,
+    all_rows: AllRowsOpt = False,
 ) -> None:
     """Inventory: every Linear and convolution layer in execution order, with shapes, level and
     which analysis applies (SDR, trace method, or skipped and why)."""
@@ -47,7 +50,8 @@ def layers_cmd(
     from .common import open_audit
 
     prep = open_audit(model, load, inputs, run)
-    records = select_layers(prep.first_records(), split_selectors(layers))
+    selectors = split_selectors(layers)
+    records = select_layers(prep.first_records(), selectors)
     with outputs() as outs:  # all or nothing
         if json_out:
             doc = envelope(
@@ -66,7 +70,9 @@ def layers_cmd(
     if "-" not in (json_out, csv_out):
         out = stdout_console()
         title = f"{Path(model).name}: {len(records)} layers ({prep.loaded.arch})"
-        out.print(layers_table(records, title=title, width=out.width))
+        row_mode = table_rows(all_rows, selectors)
+        table = layers_table(records, title=title, width=out.width, rows=row_mode, hint=ROWS_HINT)
+        out.print(table)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

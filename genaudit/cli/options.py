@@ -79,6 +79,22 @@ def _check_kwargs(value: str) -> str:
 
 
 @_bad
+def _check_limits(value: list[str]) -> list[str]:
+    from ..io.limits import parse_limit
+
+    for text in value:
+        parse_limit(text)
+    return value
+
+
+@_bad
+def _check_select(value: str) -> str:
+    if any(not part for part in value.removesuffix(".").split(".")):
+        raise UsageError(f"{value!r} is not a dotted key path (e.g. generator or model.netG)")
+    return value
+
+
+@_bad
 def _check_device(value: str) -> str:
     return check_device(value)
 
@@ -120,11 +136,14 @@ class LoadFlags:
 
     arch: str | None = None
     arch_kwargs: str | None = None
+    arch_config: str | None = None
     state_key: str | None = None
     strip_prefix: str | None = None
+    select: str | None = None
     module: str | None = None
     allow_global: tuple[str, ...] = ()
     trust_checkpoint: bool = False
+    limit: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,26 +172,34 @@ class RunFlags:
 
 
 _LOAD = (
-    Spec("arch", str | None, None, "Architecture: a registered name (see genaudit archs) or "
-         "pkg.module:Factory.", "NAME|MODULE:FACTORY"),
+    Spec("arch", str | None, None, "Architecture: a registered name (see genaudit archs), "
+         "pkg.module:Factory or path/to/file.py:Factory.", "NAME|MODULE:FACTORY"),
     Spec("arch_kwargs", str | None, None, "Keyword arguments for the architecture: a JSON "
          "object, or @FILE.json.", "JSON", extra={"callback": _check_kwargs}),
+    Spec("arch_config", str | None, None, "JSON file of one configuration object, passed as "
+         "Factory(config) (config.key and config['key'] both work).", "FILE.json"),
     Spec("state_key", str | None, None, "Dotted key of the state dict inside a nested "
          "checkpoint.", "KEY"),
-    Spec("strip_prefix", str | None, None, "Remove this prefix from every weight name (every "
-         "name must have it).", "PREFIX"),
+    Spec("strip_prefix", str | None, None, "Keep only the weight names that start with this "
+         "prefix, and remove it; the other names are ignored.", "PREFIX"),
+    Spec("select", str | None, None, "Audit the weights under this key path, e.g. generator "
+         "or model.netG (the same as --strip-prefix generator.).", "PATH",
+         extra={"callback": _check_select}),
     Spec("module", str | None, None, "Audit this submodule (dotted path, e.g. decoder).",
          "PATH"),
     Spec("allow_global", list[str] | None, None, "Allow an inert class (e.g. "
          "argparse.Namespace) in a weights-only file. Repeatable.", "NAME"),
     Spec("trust_checkpoint", bool, False, "Load code-bearing checkpoints (pickled modules, "
          ".pt2). Code in the file WILL run."),
+    Spec("limit", list[str] | None, None, "Raise a limit on what the file may make genaudit "
+         "allocate: checkpoint-bytes, zip-ratio or safetensors-header-bytes, e.g. "
+         "checkpoint-bytes=128G. Repeatable.", "NAME=VALUE", extra={"callback": _check_limits}),
 )  # fmt: skip
 _INPUTS = (
     Spec("latents", list[str] | None, None, "File of latents (.pt, .npy, .safetensors); "
          "repeat for each positional input.", "FILE"),
-    Spec("sampler", str | None, None, "pkg.module:function called as fn(batch_size, "
-         "generator, device).", "MODULE:FUNCTION"),
+    Spec("sampler", str | None, None, "pkg.module:function or path/to/file.py:function, "
+         "called as fn(batch_size, generator, device).", "MODULE:FUNCTION"),
     Spec("z_shape", str | None, None, "Latent shape without the batch dimension, e.g. 100 or "
          "100,1,1.", "SHAPE", extra={"callback": _check_shape}),
     Spec("z_dist", ZDist, ZDist.normal, "Latent distribution (uniform: on [-1, 1])."),
@@ -346,5 +373,13 @@ PlotOpt = Annotated[
     typer.Option(
         "--plot", metavar="FILE.png", rich_help_panel="Output",
         help="Draw log10-SDR histograms to FILE (.png, .pdf or .svg; needs genaudit[plot]).",
+    ),
+]  # fmt: skip
+AllRowsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-rows", rich_help_panel="Output",
+        help="One table row per layer even in a large model (by default, a model of more than "
+        "32 layers gets one row per role and level; --layers lists what it selects).",
     ),
 ]  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -15,6 +15,7 @@ from .options import (
     INPUTS,
     MODEL,
     RUN,
+    AllRowsOpt,
     CsvOpt,
     InputFlags,
     JsonOpt,
@@ -47,6 +48,7 @@ def sdr_cmd(
     plot: PlotOpt = None,
     json_out: JsonOpt = None,
     csv_out: CsvOpt = None,
+    all_rows: AllRowsOpt = False,
 ) -> None:
     """Spectral density ratio (SDR) of every (filter, activation map) pair of every convolution,
     summarised per layer and per level; the trace method for Linear layers and convolutions fed
@@ -87,6 +89,8 @@ def sdr_cmd(
             f"{result.oom_halvings} time(s), continued with batch size "
             f"{result.batch_size_final} from the same sample"
         )
+    for text in result.notes:  # e.g. functional convolutions that were not analysed
+        note(text)
     config_doc = {**prep.config, "num_samples": n, "layers": selectors or ["all"],
                   "tolerance": tol, "pairs": pairs}  # fmt: skip
     raise_if_interrupted()  # before any output
@@ -110,13 +114,23 @@ def sdr_cmd(
             f"{Path(model).name}: SDR per layer, {n} samples. mean, SD, percentiles and histogram "
             f"are of log10 SDR; generic: |log10 SDR| ≤ {tol:g}"
         )
-        out.print(sdr_table(result, title=title, width=out.width))
+        row_mode = table_rows(all_rows, selectors)
+        out.print(sdr_table(result, title=title, width=out.width, rows=row_mode, hint=ROWS_HINT))
         out.print()
         out.print(
             levels_table(
                 result, title="per level (pairs of all its layers pooled)", width=out.width
             )
         )
+
+
+#: What a summarised table's caption says about listing every layer.
+ROWS_HINT = "every layer: --all-rows, or pick some with --layers"
+
+
+def table_rows(all_rows: bool, selectors: list[str]) -> Literal["auto", "all"]:
+    """Every layer its own row when asked for, or when the user chose the layers."""
+    return "all" if all_rows or selectors else "auto"
 
 
 def sdr_tolerance(table: dict[str, Any], flag: float | None) -> float:

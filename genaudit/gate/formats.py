@@ -123,7 +123,7 @@ def step_summary(result: GateResult, model: str, style: OptionStyle) -> str:
     for e in result.evaluations:
         mark = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**"}[e.status]
         lines.append(
-            f"| {e.rule.index} | {_md(e.where)} | {fmt_value(e.value)} | "
+            f"| {e.rule.index} | {_md(e.where)} | {e.shown_value} | "
             f"`{_md(e.rule.describe())}` | {e.rule.severity} | {mark} |"
         )
     if result.baseline is not None:

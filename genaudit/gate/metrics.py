@@ -87,6 +87,13 @@ class MetricTable:
 
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Why a layer or level has no values, keyed ``"layer NAME"`` / ``"level NAME"`` (e.g. a layer
+    #: skipped because non-finite activations reached it); not part of the saved table.
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def reason(self, kind: str, name: str) -> str | None:
+        """Why the ``kind`` (``layer`` or ``level``) ``name`` has no values, when known."""
+        return self.reasons.get(f"{kind} {name}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "levels": self.levels}
@@ -108,21 +115,26 @@ def collect_metrics(sdr: SDRResult | None, stretch: StretchResult | None) -> Met
     """Metric values of everything that was analysed (levels only when fully analysed)."""
     layers: dict[str, dict[str, float]] = {}
     levels: dict[str, dict[str, float]] = {}
+    reasons: dict[str, str] = {}
     if sdr is not None:
         for layer in sdr.layers:
             if layer.analysis == "sdr":
                 layers[layer.record.name] = summary_metrics(layer.summary)
             elif layer.analysis == "trace":
                 layers[layer.record.name] = trace_metrics(layer.ratio)
-        for level in sdr.levels:
-            if level.summary is not None:
-                levels[level.level] = summary_metrics(level.summary)
+            elif layer.reason:
+                reasons[f"layer {layer.record.name}"] = layer.reason
+                at = f"level {layer.record.level}"
+                reasons.setdefault(at, f"layer {layer.record.name} skipped: {layer.reason}")
+        for pooled in sdr.levels:
+            if pooled.summary is not None:
+                levels[pooled.level] = summary_metrics(pooled.summary)
     if stretch is not None:
         for r in stretch.layers:
             layers.setdefault(r.name, {}).update(
                 {"stretch.rel_mse": r.rel_mse, "stretch.mse": r.mse}
             )
-    return MetricTable(layers, levels)
+    return MetricTable(layers, levels, reasons)
 
 
 def metrics_help() -> str:

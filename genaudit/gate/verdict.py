@@ -26,6 +26,14 @@ class Evaluation:
     value: float
     status: Status
     layer: str | None = None  # the layer intervened at, for a level's stretch metric
+    reason: str | None = None  # why there is no value (a skipped layer), when known
+
+    @property
+    def shown_value(self) -> str:
+        """The value as tables show it: ``non-finite`` or ``skipped`` when a reason is known."""
+        if math.isnan(self.value) and self.reason:
+            return "non-finite" if "non-finite" in self.reason else "skipped"
+        return fmt_value(self.value)
 
     @property
     def where(self) -> str:
@@ -34,6 +42,8 @@ class Evaluation:
     def message(self) -> str:
         r = self.rule
         at = self.where + (f" ({self.layer})" if self.layer and self.layer != self.name else "")
+        if math.isnan(self.value) and self.reason:
+            return f"{r.metric} has no value at {at}: {self.reason} (required {r.bound_text()})"
         if math.isnan(self.value):
             return f"{r.metric} is undefined at {at} (required {r.bound_text()})"
         if self.status == "pass":
@@ -52,6 +62,7 @@ class Evaluation:
             "target": self.name,
             "layer": self.layer,
             "value": self.value,
+            "reason": self.reason,
             "min": self.rule.min,
             "max": self.rule.max,
             "severity": self.rule.severity,
@@ -79,7 +90,15 @@ def evaluate_rules(targets: Sequence[Target], metrics: MetricTable) -> list[Eval
             and (r.max is None or value <= r.max)
         )
         layer = t.layer.name if t.layer is not None else None
-        out.append(Evaluation(r, t.kind, t.name, value, "pass" if ok else r.severity, layer))
+        reason = None
+        if math.isnan(value):
+            by_layer = t.rule.family == "stretch" or t.kind == "layer"
+            if by_layer and layer is not None:
+                reason = metrics.reason("layer", layer)
+            else:
+                reason = metrics.reason(t.kind, t.name)
+        status: Status = "pass" if ok else r.severity
+        out.append(Evaluation(r, t.kind, t.name, value, status, layer, reason))
     return out
 
 

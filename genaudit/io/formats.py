@@ -41,6 +41,7 @@ from .limits import (
     limit_hint,
 )
 from .pickle_scan import PickleScan, inert_globals, is_module_like, scan_pickle
+from .text_files import text_error
 
 __all__ = [
     "DESCRIPTIONS",
@@ -441,12 +442,20 @@ def probe_format(path: Path) -> Probe:
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         probe = _probe_zip(path)
     else:
-        probe = _probe_safetensors(path, head, size) or _probe_json(path, head)
+        probe = _probe_safetensors(path, head, size)
+        if probe is None and path.suffix.lower() != ".json":
+            markup = text_error(path, size, plain_text=False)  # Git LFS pointers, HTML, JSON
+            if markup is not None:
+                raise markup
+        probe = probe or _probe_json(path, head)
         # Other known formats first: some of their magic bytes are also pickle opcodes.
         known = next((desc for magic, desc in _OTHER_MAGIC if head.startswith(magic)), None)
         if probe is None and known is None:
             probe = _probe_pickle(path)
     if probe is None:
+        text = None if known else text_error(path, size, plain_text=True)
+        if text is not None:
+            raise text
         detail = f"it looks like {known}" if known else "unrecognised content"
         raise one_line_error(
             f"{path} is not a readable checkpoint ({detail}; {size} bytes)",

@@ -1,8 +1,10 @@
 """The limits on what a checkpoint file may make genaudit allocate, in one place.
 
 Every allocation a file drives is bounded before it happens, by the limits in :data:`LIMITS`.
-Each can be overridden with the environment variable named next to it (a positive integer, read
-each time a limit is checked, so callers and tests may set it at any time):
+Each can be raised (or lowered) for one load with ``--limit NAME=VALUE`` on the command line
+(:func:`parse_limit`, :func:`limits_set`; NAME with dashes, e.g. ``checkpoint-bytes=128G``), or
+with the environment variable named next to it (a positive integer, read each time a limit is
+checked, so callers and tests may set it at any time); the flag wins over the variable:
 
 - ``GENAUDIT_MAX_CHECKPOINT_BYTES`` (default 64 GiB): the most data a checkpoint may hold: the
   total uncompressed size of a zip archive's members (torch zip checkpoints, ``.pt2``), the
@@ -29,9 +31,13 @@ from __future__ import annotations
 
 import os
 import pickletools
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import IO, Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError, option
 
 __all__ = [
     "LIMITS",
@@ -40,6 +46,8 @@ __all__ = [
     "declared_storage_bytes",
     "limit",
     "limit_hint",
+    "limits_set",
+    "parse_limit",
 ]
 
 # name -> (environment variable, default): see "Limits" in the module docstring.
@@ -51,11 +59,60 @@ LIMITS: dict[str, tuple[str, int]] = {
 RATIO_EXEMPT_BYTES = 1 << 20  # small zip members may compress well (a zero-filled tensor)
 
 
+_SET: ContextVar[Mapping[str, int] | None] = ContextVar("genaudit_limits", default=None)
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_NUMBER = re.compile(r"^\s*(\d[\d_]*)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def _flag_name(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def parse_limit(text: str) -> tuple[str, int]:
+    """``NAME=VALUE`` of ``--limit``: a name of :data:`LIMITS` (dashes or underscores) and a
+    positive integer, with an optional binary suffix K, M, G or T (``128G``, ``512MiB``).
+
+    Raises :class:`~genaudit.errors.UsageError` (exit 2) naming the valid names."""
+    names = ", ".join(_flag_name(n) for n in LIMITS)
+    name, sep, value = text.partition("=")
+    key = name.strip().replace("-", "_")
+    if not sep or key not in LIMITS:
+        raise UsageError(
+            f"{text!r} is not NAME=VALUE with NAME one of {names}",
+            f"e.g. {option('limit')} checkpoint-bytes=128G",
+        )
+    m = _NUMBER.match(value)
+    number = int(m.group(1).replace("_", "")) * _SUFFIXES[m.group(2).upper()] if m else 0
+    if number <= 0:
+        raise UsageError(
+            f"{text!r}: the value must be a positive integer (K, M, G or T suffixes allowed)"
+        )
+    return key, number
+
+
+@contextmanager
+def limits_set(values: Mapping[str, int]) -> Iterator[None]:
+    """Use ``values`` (names of :data:`LIMITS` → positive integers) instead of the defaults and
+    the environment while the block runs (one load; other threads and contexts are unaffected)."""
+    unknown = set(values) - set(LIMITS)
+    if unknown:
+        raise ValueError(f"unknown limits: {sorted(unknown)}")
+    token = _SET.set({**(_SET.get() or {}), **values})
+    try:
+        yield
+    finally:
+        _SET.reset(token)
+
+
 def limit(name: str) -> int:
-    """The limit ``name`` of :data:`LIMITS`: its environment variable when set, else the default.
+    """The limit ``name`` of :data:`LIMITS`: set by :func:`limits_set` (``--limit``), else its
+    environment variable, else the default.
 
     Raises :class:`~genaudit.errors.CheckpointError` when the variable is not a positive integer.
     """
+    chosen = _SET.get() or {}
+    if name in chosen:
+        return chosen[name]
     variable, default = LIMITS[name]
     raw = os.environ.get(variable)
     if raw is None or not raw.strip():
@@ -75,8 +132,8 @@ def limit(name: str) -> int:
 def limit_hint(name: str) -> str:
     """The hint of an error about the limit ``name``: how to raise it."""
     return (
-        f"if you trust the file, raise the limit with the environment variable {LIMITS[name][0]} "
-        f"(now {limit(name)})"
+        f"if you trust the file, raise the limit with {option('limit')} "
+        f"{_flag_name(name)}=N (now {limit(name)}) or the environment variable {LIMITS[name][0]}"
     )
 
 

@@ -18,9 +18,10 @@ Code-bearing formats (a whole pickled ``nn.Module``, TorchScript, ``torch.export
   their private ``_ty`` attribute and the convolution's arguments in their ``graph``. The plain
   ``ExportedProgram.module()`` is *not* used: its submodules only hold parameters (``get_attr``) and
   are never called, so hooks registered on them would never fire.
-- ``torchscript`` is loaded with ``torch.jit.load`` only to read its weights: ``obj`` is the flat
-  ``state_dict()`` of the ScriptModule (forward hooks cannot see inside compiled TorchScript, so
-  the architecture must be given with ``--arch``).
+- ``torchscript`` is loaded with ``torch.jit.load``: ``obj`` is the ``ScriptModule``. Forward
+  hooks cannot see inside compiled TorchScript, so the model loader either turns it into a Python
+  module with real layers (:mod:`genaudit.model.scripted`) or, with ``--arch``, reads only its
+  ``state_dict()`` into the user's architecture.
 - ``pickle`` (a raw Python pickle) is loaded with ``pickle.load``.
 - ``torch-package`` stays refused (:class:`CheckpointError`): not supported even when trusted.
 
@@ -207,9 +208,8 @@ def _refusal(probe: Probe, shown: str) -> UnsafeCheckpointError:
     if fmt == "torchscript":
         return UnsafeCheckpointError(
             f"refusing to load {shown}: a TorchScript archive (compiled model code)",
-            f"pass {option('trust_checkpoint')} to read only its weights (its code is loaded; "
-            f"pass {option('arch')} too, since hooks cannot see inside TorchScript), or save "
-            f"model.state_dict() and pass {option('arch')}",
+            f"pass {option('trust_checkpoint')} if you trust its author (its code is loaded), "
+            f"or save model.state_dict() and pass {option('arch')}",
         )
     if fmt == "torch-export":
         return UnsafeCheckpointError(
@@ -377,7 +377,7 @@ def read_checkpoint(
     if fmt == "torch-export":
         return raw(_load_export(probe.path, shown), trusted=True)
     if fmt == "torchscript":
-        return raw(_load_torchscript_weights(probe.path, shown), trusted=True)
+        return raw(_load_torchscript(probe.path, shown), trusted=True)
     if fmt == "pickle":
         try:
             with probe.path.open("rb") as fh:
@@ -403,13 +403,15 @@ def _load_export(path: Path, shown: str) -> nn.Module:
         ) from None
 
 
-def _load_torchscript_weights(path: Path, shown: str) -> dict[str, torch.Tensor]:
-    """The weights of a TorchScript archive; its module is discarded (hooks cannot see inside)."""
+def _load_torchscript(path: Path, shown: str) -> torch.jit.ScriptModule:
+    """A TorchScript archive's module (its weights are its ``state_dict()``)."""
     try:
         with warnings.catch_warnings():  # torch.jit.load is deprecated, still the only reader
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.load(str(path), map_location="cpu")
-        return {k: v.detach() for k, v in scripted.state_dict().items()}
+        if not isinstance(scripted, torch.jit.ScriptModule):
+            raise TypeError(f"it holds a {type(scripted).__name__}, not a module")
+        return scripted
     except Exception as exc:
         raise one_line_error(
             f"cannot load the TorchScript archive {shown}: {first_line(exc, 160)}"

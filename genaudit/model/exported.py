@@ -63,6 +63,18 @@ def _rebuild(sub: nn.Module) -> nn.Module | None:
     weight, bias = _attr(sub, kw.get("weight")), _attr(sub, kw.get("bias"))
     if weight is None:
         return None
+    return layer_module(name, kw, weight, bias)
+
+
+def layer_module(
+    name: str, kw: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None
+) -> nn.Module | None:
+    """A real Linear / convolution for the aten call ``name`` (``linear``, ``conv2d``,
+    ``conv_transpose2d``, ``convolution`` …) with normalised keyword arguments ``kw``, holding
+    copies of ``weight`` and ``bias``; None for any other call."""
+    if name == "convolution":  # the generic call: dimensions from the weight, kind from a flag
+        transposed = bool(kw.get("transposed", False))
+        name = f"conv{'_transpose' if transposed else ''}{weight.ndim - 2}d"
     if name == "linear":
         module: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     elif name in _CONV_OPS:

@@ -16,7 +16,7 @@ from ..io import registry as zoo
 from .exported import static_batch_size, static_input_shapes
 from .hooks import forward_hooks
 from .layers import is_audited_layer
-from .loading import import_object
+from .user_code import load_user_object, missing_inputs
 
 # Samples are drawn in fixed blocks, each from its own seeded generator, so the k-th sample
 # depends only on (seed, k), never on the batch size or on how many samples are asked for.
@@ -273,14 +273,11 @@ def sampler_source(spec: str, seed: int) -> InputSource:
     The sampler is called once per block of samples with a generator seeded from (seed, block),
     so that its k-th sample does not depend on the batch size either.
     """
-    fn = import_object(spec, "sampler")
+    fn = load_user_object(spec, "sampler")
     what = option("sampler")
 
     def one_block(gen: torch.Generator, n: int) -> tuple[torch.Tensor, ...]:
-        try:
-            out = fn(n, gen, torch.device("cpu"))
-        except Exception as exc:  # user code
-            raise ModelInputError(f"{what} {spec} failed: {type(exc).__name__}: {exc}") from None
+        out = fn(n, gen, torch.device("cpu"))  # a failure names the user's file and line
         outs = out if isinstance(out, tuple | list) else (out,)
         if not outs or not all(isinstance(t, torch.Tensor) for t in outs):
             raise ModelInputError(f"{what} {spec} must return a tensor or a tuple of tensors")
@@ -355,6 +352,11 @@ def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
         # confirmed when the layer that actually ran first takes exactly this latent
         if first is not None and _latent_guess(first) == shape:
             return shape
+    if (missing := missing_inputs(model, 1)) is not None:
+        raise ModelInputError(
+            f"cannot infer the model's input: its {missing[0]}",
+            f"pass {option('z_shape')} for the first; {missing[1]}",
+        )
     raise ModelInputError(
         "cannot infer the model's input: no first Linear or ConvTranspose layer accepted a latent"
         + (f" (tried {', '.join(map(str, tried))})" if tried else ""),
@@ -436,6 +438,22 @@ def generated_source(
     return InputSource(describe, draw, available=latents.available, fixed_batch=latents.fixed_batch)
 
 
+def feeding(model: nn.Module, source: InputSource) -> InputSource:
+    """``source`` as the inputs of ``model``: when ``model`` is a program exported for one batch
+    size, the batches take that size (a generator's outputs, data made elsewhere)."""
+    own = static_batch_size(model)
+    if own is None or own == source.fixed_batch:
+        return source
+    if source.fixed_batch is not None:
+        raise ModelInputError(
+            f"the model was exported for batches of exactly {own} samples, and what feeds it "
+            f"for batches of exactly {source.fixed_batch}",
+            "export one of them with a dynamic batch dimension, or both with the same batch size",
+        )
+    source.fixed_batch = own
+    return source
+
+
 def _probe_source(shape: tuple[int, ...], seed: int) -> InputSource:
     source = latent_source(shape, seed=seed, dist="uniform")
     source.description = {"kind": "probe", "shape": list(shape), "seed": seed}
@@ -451,6 +469,8 @@ def trial_forward(model: nn.Module, source: InputSource, device: torch.device) -
     except Exception as exc:  # whatever the model raises, the inputs did not fit it
         shapes = ", ".join("×".join(map(str, t.shape)) for t in inputs)
         first = first_line(exc)
+        if (missing := missing_inputs(model, len(inputs))) is not None:
+            raise ModelInputError(f"the model's {missing[0]} ({shapes})", missing[1]) from None
         raise ModelInputError(
             f"the model failed on inputs of shape {shapes}: {type(exc).__name__}: {first}"[:400],
             f"pass {option('z_shape')}, {option('latents')}, {option('sampler')} or "

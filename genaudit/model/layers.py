@@ -24,6 +24,7 @@ Levels (names in :mod:`genaudit.model.levels`), assigned from the shapes seen in
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +36,7 @@ from torch.nn.utils import parametrize
 
 from ..analysis.spectral import sdr_skip_reason
 from ..errors import NothingToAnalyseError, UsageError, option
+from .functional import FunctionalSpy, OpKey
 from .hooks import eval_mode, forward_hooks
 from .levels import ALL_LEVELS, LEVELS, LINEAR_LEVEL, READOUT_LEVEL, Level, is_level, matches_layer
 
@@ -57,7 +59,9 @@ class LayerRecord:
     """One Linear or convolution layer as seen in a dry run.
 
     Shapes exclude the batch dimension. ``input_shape`` is the layer's actual input (for
-    ``Upsample + Conv``, the upsampled map).
+    ``Upsample + Conv``, the upsampled map). A convolution called functionally (type such as
+    ``conv2d (functional)``) has its call ``site`` (``file:line``) and ``op_keys``, which
+    identify its op in a forward pass (:mod:`genaudit.model.functional`).
     """
 
     index: int
@@ -79,10 +83,17 @@ class LayerRecord:
     analysis: AnalysisKind
     reason: str | None
     pairs: int
+    site: str | None = None
+    op_keys: tuple[OpKey, ...] = ()
 
     @property
     def is_conv(self) -> bool:
         return self.type != "Linear"
+
+    @property
+    def is_functional(self) -> bool:
+        """A convolution called functionally, not the forward of a module."""
+        return bool(self.op_keys)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -95,6 +106,9 @@ class LayerRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["op_keys"]
+        if d["site"] is None:
+            del d["site"]
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -132,15 +146,21 @@ class _Seen:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     calls: int = 1
+    order: int = 0
 
 
-def dry_run(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[_Seen]:
-    """Run ``model`` once and return the audited layers in the order they first ran."""
+def dry_run(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> tuple[list[_Seen], FunctionalSpy]:
+    """Run ``model`` once: the audited modules in the order they first ran, and the spy that
+    saw the convolutions called functionally (:mod:`genaudit.model.functional`)."""
     names = {
         id(m): n for n, m in model.named_modules(remove_duplicate=False) if is_audited_layer(m)
     }
     modules = {id(m): m for m in model.modules() if is_audited_layer(m)}
     seen: dict[int, _Seen] = {}
+    tick = itertools.count()  # one clock for module layers and functional ops
+    spy = FunctionalSpy(model, tick)
 
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         key = id(module)
@@ -150,11 +170,13 @@ def dry_run(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[_Seen]:
         x, y = first_tensor(args), first_tensor(output)
         if x is None or y is None:
             return
-        seen[key] = _Seen(module, names[key], tuple(x.shape[1:]), tuple(y.shape[1:]))
+        shapes = tuple(x.shape[1:]), tuple(y.shape[1:])
+        seen[key] = _Seen(module, names[key], *shapes, order=next(tick))
 
-    with eval_mode(model), forward_hooks([(m, hook) for m in modules.values()]), torch.no_grad():
+    hooks = [(m, hook) for m in modules.values()]
+    with eval_mode(model), forward_hooks(hooks), torch.no_grad(), spy.watch():
         model(*inputs)
-    return list(seen.values())
+    return list(seen.values()), spy
 
 
 def _record(index: int, s: _Seen) -> dict[str, Any]:
@@ -269,18 +291,21 @@ def walk_layers(
 
     ``level_overrides`` maps dotted names or glob patterns to level names (configuration).
     """
-    seen = dry_run(model, inputs)
-    if not seen:
+    seen, spy = dry_run(model, inputs)
+    functional = spy.layers(inputs, {s.name for s in seen})
+    if not seen and not functional:
         raise NothingToAnalyseError(
             "no Linear or convolution layer ran in a forward pass of the model",
             f"check {option('module')}: genaudit audits Conv1d/2d/3d, ConvTranspose1d/2d/3d and "
-            "Linear layers",
+            "Linear layers, and convolutions called functionally",
         )
-    recs = [_record(i, s) for i, s in enumerate(seen)]
+    timed = [(s.order, _record(0, s)) for s in seen] + [(f.pop("order"), f) for f in functional]
+    recs = [{**rec, "index": i} for i, (_, rec) in enumerate(sorted(timed, key=lambda t: t[0]))]
     levels = assign_levels(recs)
     out = []
     for rec, level in zip(recs, levels, strict=True):
-        analysis, reason, pairs = _analysis(rec)
+        skip: str | None = rec.pop("reason", None)  # a functional op that is not analysed
+        analysis, reason, pairs = _analysis(rec) if skip is None else ("skipped", skip, 0)
         out.append(LayerRecord(**rec, level=level, analysis=analysis, reason=reason, pairs=pairs))
     if level_overrides:
         out = apply_level_overrides(out, level_overrides)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,14 +13,14 @@ from torch import nn
 
 from ..errors import ArchitectureError, UsageError, option
 from ..io import registry as zoo
+from ..io.limits import limits_set
 from ..io.reading import read_checkpoint
-from ..io.state_dicts import find_state_dicts, load_into, select_state_dict
+from ..io.state_dicts import choose_state_dict, find_state_dicts, load_into, prefix_option
 from ..io.writing import arch_from_metadata
 from ..values import check_device
 from .exported import materialise_layers
-
-_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
+from .scripted import python_module_from_torchscript, scripted_submodule
+from .user_code import AttrConfig, UserCallable, is_user_spec, load_user_object
 
 # --------------------------------------------------------------------------- devices
 
@@ -52,27 +51,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
 # --------------------------------------------------------------------------- importing user code
 
 
-def import_object(spec: str, option_name: str) -> Any:
-    """Import ``pkg.module:attr`` that the user named explicitly with the option ``option_name``
-    (``"arch"``, ``"sampler"``)."""
-    what = option(option_name)
-    if not _SPEC.match(spec):
-        raise UsageError(f"{what} {spec!r} is not of the form pkg.module:name")
-    module_name, attr = spec.split(":", 1)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ArchitectureError(
-            f"cannot import {module_name!r} for {what} {spec!r}: {exc}",
-            "make sure the module is importable (installed, or on PYTHONPATH / the current folder)",
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ArchitectureError(f"{module_name!r} has no attribute {attr!r} ({what} {spec!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ArchitectureError(f"{what} {spec!r} is not callable")
-    return obj
+def import_object(spec: str, option_name: str) -> UserCallable:
+    """Import ``pkg.module:attr`` or ``path/to/file.py:attr`` that the user named explicitly
+    with the option ``option_name`` (``"arch"``, ``"sampler"``); calling the result reports
+    a failure of the user's code with its file and line (:mod:`genaudit.model.user_code`)."""
+    return load_user_object(spec, option_name)
 
 
 # --------------------------------------------------------------------------- loading
@@ -84,11 +67,18 @@ class LoadOptions:
 
     arch: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: A JSON object the factory of ``arch`` gets as its one positional argument, with
+    #: attribute and item access (``--arch-config``); None: called with keywords only.
+    arch_config: dict[str, Any] | None = None
     state_key: str | None = None
     strip_prefix: str | None = None
+    select: str | None = None  # the same as strip_prefix=select + "."
     module: str | None = None
     allow_globals: tuple[str, ...] = ()
     trust_checkpoint: bool = False
+    #: Limits on what the file may make genaudit allocate, by name (``--limit``; see
+    #: :mod:`genaudit.io.limits`), for this load only.
+    limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,11 +95,16 @@ class LoadedModel:
     module: str | None
     trusted: bool
     allowed_globals: tuple[str, ...] = ()  # --allow-global classes the file used: partly trusted
+    arch_config: dict[str, Any] | None = None  # the factory's configuration object, as JSON
+    key_prefix: str = ""  # removed from the weights' keys ("generator.", "module.")
+    ignored_keys: int = 0  # keys of the chosen state dict outside key_prefix
 
     def describe(self) -> dict[str, Any]:
         """The checkpoint part of a JSON report. ``trusted``: code-bearing content was loaded
         (--trust-checkpoint); ``allowed_globals``: the classes allowed by name that the file
-        references and the weights-only loader constructed (empty unless partly trusted)."""
+        references and the weights-only loader constructed (empty unless partly trusted);
+        ``key_prefix`` and ``ignored_keys``: the prefix removed from the weights' keys and how
+        many keys outside it were ignored."""
         return {
             "path": str(self.path),
             "sha256": self.sha256,
@@ -120,6 +115,9 @@ class LoadedModel:
             "module": self.module,
             "trusted": self.trusted,
             "allowed_globals": list(self.allowed_globals),
+            **({} if self.arch_config is None else {"arch_config": self.arch_config}),
+            "key_prefix": self.key_prefix,
+            "ignored_keys": self.ignored_keys,
         }
 
 
@@ -140,13 +138,21 @@ def build_architecture(
     metadata: dict[str, str],
     source: str,
     fits: Callable[[nn.Module], object] | None = None,
+    arch_config: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build the model named by ``--arch`` (registry name or pkg.module:Factory) or by the
     checkpoint's genaudit metadata.
 
     A registry architecture is first built on the ``meta`` device and passed to ``fits``, which
     raises when the checkpoint's weights do not fit it; only then is it built for real.
+    ``arch_config`` (your factory only) is passed as one positional configuration object.
     """
+    if arch_config is not None and not (arch and is_user_spec(arch)):
+        raise UsageError(
+            f"{option('arch_config')} is for your own factory, called as Factory(config)",
+            f"pass {option('arch')} path/to/file.py:Factory or pkg.module:Factory with it"
+            + ("" if arch is None else f", or {option('arch_kwargs')} for {arch!r}"),
+        )
     if arch is None:
         found = arch_from_metadata(metadata)
         if found is None:
@@ -158,15 +164,10 @@ def build_architecture(
         name, kwargs = found
         kwargs = {**kwargs, **arch_kwargs}
         return _build_registered(name, kwargs, fits), name, kwargs
-    if ":" in arch:
+    if is_user_spec(arch):
         factory = import_object(arch, "arch")
-        try:
-            model = factory(**arch_kwargs)
-        except Exception as exc:  # user code: any failure is theirs to see, in one line
-            raise ArchitectureError(
-                f"{option('arch')} {arch} failed with {type(exc).__name__}: {exc}",
-                f"check {option('arch_kwargs')} against the factory's signature",
-            ) from None
+        config = () if arch_config is None else (AttrConfig(arch_config),)
+        model = factory(*config, **arch_kwargs)  # a failure names the user's file and line
         if not isinstance(model, nn.Module):
             raise ArchitectureError(
                 f"{option('arch')} {arch} returned {type(model).__name__}, not an nn.Module"
@@ -191,30 +192,60 @@ def select_module(model: nn.Module, path: str | None) -> nn.Module:
 
 def load_model(path: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Read a checkpoint safely, rebuild its architecture and load the weights strictly."""
+    with limits_set(dict(options.limits)):
+        return _load_model(path, options)
+
+
+def _load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
+    prefix_option(options.strip_prefix, options.select)  # a usage error before any reading
     raw = read_checkpoint(path, allow_globals=options.allow_globals, trust=options.trust_checkpoint)
-    if isinstance(raw.obj, nn.Module):
+    key_prefix, ignored_keys = "", 0
+    # A TorchScript archive with --arch: only its weights, loaded into the user's architecture.
+    as_module = isinstance(raw.obj, nn.Module) and not (
+        raw.format == "torchscript" and options.arch is not None
+    )
+    scripted = as_module and raw.format == "torchscript"
+    if as_module:
         model: nn.Module = raw.obj
         if raw.format == "torch-export":
             materialise_layers(model)
+        if scripted:  # --module picks the scripted submodule, which is then converted
+            model = python_module_from_torchscript(
+                scripted_submodule(model, options.module), raw.path.name
+            )
         arch, state_key = f"<{raw.format}>", None
         kwargs: dict[str, Any] = {}
     else:
         candidates = find_state_dicts(raw.obj)
 
         def fits(meta: nn.Module) -> object:
-            return select_state_dict(
-                candidates, meta, state_key=options.state_key, strip_prefix=options.strip_prefix
+            return choose_state_dict(
+                candidates,
+                meta,
+                state_key=options.state_key,
+                strip_prefix=options.strip_prefix,
+                select=options.select,
             )
 
         model, arch, kwargs = build_architecture(
-            options.arch, options.arch_kwargs, raw.metadata, Path(path).name, fits
+            options.arch,
+            options.arch_kwargs,
+            raw.metadata,
+            Path(path).name,
+            fits,
+            arch_config=options.arch_config,
         )
-        state_key, state = select_state_dict(
-            candidates, model, state_key=options.state_key, strip_prefix=options.strip_prefix
+        chosen = choose_state_dict(
+            candidates,
+            model,
+            state_key=options.state_key,
+            strip_prefix=options.strip_prefix,
+            select=options.select,
         )
-        load_into(model, state)
+        load_into(model, chosen.state)
+        state_key, key_prefix, ignored_keys = chosen.key, chosen.prefix, chosen.ignored
     model.eval()
-    model = select_module(model, options.module)
+    model = select_module(model, None if scripted else options.module)
     return LoadedModel(
         model=model,
         path=raw.path,
@@ -226,4 +257,7 @@ def load_model(path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded
         module=options.module,
         trusted=raw.trusted,
         allowed_globals=raw.allowed_globals,
+        arch_config=None if as_module else options.arch_config,
+        key_prefix=key_prefix,
+        ignored_keys=ignored_keys,
     )

@@ -16,6 +16,7 @@ as the column needs; an atom is a ``str``, never broken, or a :class:`Name`).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -313,6 +314,8 @@ def fit_table(
     if slack > 0 and texts_at:
         k = min(texts_at, key=lambda k: layout.columns[k].priority)
         wider[k] = shown[k] + slack
+    total = sum(max(w, wider.get(k, 0)) for k, w in enumerate(shown)) + GAP * (len(shown) - 1)
+    notes = [_hanging(note, min(total, width)) for note in notes]
     table = _table(title, "\n".join(notes) or None)
     for k, column in enumerate(layout.columns):
         table.add_column(
@@ -322,6 +325,19 @@ def fit_table(
     for k in range(rows):
         table.add_row(*(Text(cells[k]) for cells in texts))
     return table
+
+
+def _hanging(note: str, width: int) -> str:
+    """An indented caption line wrapped with a hanging indent (rich would start its
+    continuation lines at the left edge); other lines are left to rich."""
+    lead = note[: len(note) - len(note.lstrip(" "))]
+    if not lead or cell_len(note) <= width:
+        return note
+    lines = textwrap.wrap(
+        note, width, subsequent_indent=lead + "    ", break_long_words=False,
+        break_on_hyphens=False,
+    )  # fmt: skip
+    return "\n".join(lines)
 
 
 def _table(title: str | None, caption: str | None = None) -> Table:

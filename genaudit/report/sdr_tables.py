@@ -9,12 +9,25 @@ out secondary columns, each table in the order its docstring gives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from .grouping import (
+    ROW_LIMIT,
+    Grouped,
+    Row,
+    RowMode,
+    group_rows,
+    row_index,
+    row_label,
+    summary_note,
+    without_lines,
+)
 from .layout import (
     DEFAULT_WIDTH,
     NAME_MIN,
@@ -127,13 +140,48 @@ def _layer_note(layer: LayerSDR, style: _StatStyle) -> str:
     return "trace method" if style.hist else ""
 
 
-def sdr_table(result: SDRResult, title: str | None = None, *, width: int = DEFAULT_WIDTH) -> Table:
+def _layer_cells(layer: LayerSDR, style: _StatStyle) -> list[Cell]:
+    """The statistic cells of one layer's row."""
+    if layer.analysis == "skipped":
+        return _note_cells("-", "-", _layer_note(layer, style), style)
+    if layer.analysis == "trace":
+        ratio = format_number(layer.ratio, "{:.3f}")
+        return _note_cells("1 (trace)", ratio, _layer_note(layer, style), style)
+    assert layer.summary is not None
+    return _summary_cells(layer.summary, style)
+
+
+def _grid_text(grids: Sequence[tuple[int, ...]], trace: bool) -> str:
+    """The input grid of a row's layers: one, or the smallest and the largest."""
+    if not any(grids):
+        return "vector" if trace else "-"
+    ordered = sorted(set(grids), key=lambda g: (math.prod(g), g))
+    if len(ordered) == 1:
+        return format_shape(ordered[0])
+    return f"{format_shape(ordered[0])}–{format_shape(ordered[-1])}"
+
+
+def sdr_table(
+    result: SDRResult,
+    title: str | None = None,
+    *,
+    width: int = DEFAULT_WIDTH,
+    rows: RowMode = "auto",
+    hint: str = "",
+) -> Table:
     """One row per layer: pairs (undefined in brackets), median SDR, then on the log10 SDR
     scale the mean, SD and 5/25/75/95th percentiles, the generic fraction and a histogram.
 
-    Narrower than its natural width it leaves out, in this order, the grid, the histogram,
-    the 25th and 75th percentiles and the level, and shortens long layer names from the middle.
+    With more than :data:`~genaudit.report.grouping.ROW_LIMIT` layers and ``rows="auto"``, one
+    row per role and level instead (pairs pooled; trace-method layers: the median ratio and the
+    range), and the layers without a value counted by reason in the caption, followed by
+    ``hint`` (the caller's: how to list every layer). Narrower than its natural width it leaves
+    out, in this order, the grid, the histogram, the 25th and 75th percentiles and the level,
+    and shortens long layer names from the middle.
     """
+    grouped = _sdr_groups(result) if rows == "auto" and len(result.layers) > ROW_LIMIT else None
+    if grouped is not None:
+        return _grouped_sdr_table(result, grouped, title, width, hint)
 
     def layout(grid: bool, style: _StatStyle, level: bool) -> Layout:
         head = [Column("#", "right"), Column("layer", priority=0), Column("level")]
@@ -144,38 +192,33 @@ def sdr_table(result: SDRResult, title: str | None = None, *, width: int = DEFAU
             head[0].cells.append(str(r.index))
             head[1].cells.append(flow(Name(r.name)))
             head[2].cells.append(r.level)
-            if layer.analysis == "skipped":
-                cells = _note_cells("-", "-", _layer_note(layer, style), style)
-                head[3].cells.append(format_shape(r.grid))
-            elif layer.analysis == "trace":
-                ratio = format_number(layer.ratio, "{:.3f}")
-                cells = _note_cells("1 (trace)", ratio, _layer_note(layer, style), style)
-                head[3].cells.append(format_shape(r.grid) if r.grid else "vector")
-            else:
-                assert layer.summary is not None
-                cells = _summary_cells(layer.summary, style)
-                head[3].cells.append(format_shape(r.grid))
-            for column, cell in zip(stats, cells, strict=True):
+            head[3].cells.append(_grid_text([r.grid], layer.analysis == "trace"))
+            for column, cell in zip(stats, _layer_cells(layer, style), strict=True):
                 column.cells.append(cell)
         left_out = ([] if grid else ["grid"]) + style.left_out() + ([] if level else ["level"])
         shown = [c for c in head if (c.header != "grid" or grid) and (c.header != "level" or level)]
         return Layout(shown + stats, left_out)
 
-    full, no_hist = _StatStyle(), _StatStyle(hist=False)
-    outer = _StatStyle(hist=False, quartiles=False)
-    short = _StatStyle(hist=False, quartiles=False, short_headers=True)
-    return fit_table(
-        [
-            lambda: layout(True, full, True),
-            lambda: layout(False, full, True),
-            lambda: layout(False, no_hist, True),
-            lambda: layout(False, outer, True),
-            lambda: layout(False, short, True),
-            lambda: layout(False, short, False),
-        ],
-        width,
-        title,
-    )
+    return fit_table(_layer_layouts(layout), width, title)
+
+
+_FULL, _NO_HIST = _StatStyle(), _StatStyle(hist=False)
+_OUTER = _StatStyle(hist=False, quartiles=False)
+_SHORT = _StatStyle(hist=False, quartiles=False, short_headers=True)
+
+
+def _layer_layouts(
+    layout: Callable[[bool, _StatStyle, bool], Layout],
+) -> list[Callable[[], Layout]]:
+    """The per-layer table's layouts, most complete first (see :func:`sdr_table`)."""
+    return [
+        lambda: layout(True, _FULL, True),
+        lambda: layout(False, _FULL, True),
+        lambda: layout(False, _NO_HIST, True),
+        lambda: layout(False, _OUTER, True),
+        lambda: layout(False, _SHORT, True),
+        lambda: layout(False, _SHORT, False),
+    ]
 
 
 def _trace_level_cells(lv: LevelSDR, style: _StatStyle) -> list[Cell]:
@@ -193,7 +236,8 @@ def _trace_level_cells(lv: LevelSDR, style: _StatStyle) -> list[Cell]:
         finite = [x for x in ratios if x == x]
         low = format_number(min(finite), "{:.3f}") if finite else "-"
         high = format_number(max(finite), "{:.3f}") if finite else "-"
-        note = ("ratios", f"from {low}", f"to {high}")
+        median = format_number(statistics.median(finite), "{:.3f}") if finite else "-"
+        return _note_cells(pairs, median, ("ratios", f"from {low}", f"to {high}"), style)
     return _note_cells(pairs, "", note, style)
 
 
@@ -241,3 +285,77 @@ def levels_table(
         width,
         title,
     )
+
+
+# --------------------------------------------------------------------------- summarised
+
+
+def _without_reason(layer: LayerSDR) -> str | None:
+    """Why a layer has no value (its row's note), or None when it has one."""
+    if layer.analysis == "skipped":
+        return f"skipped: {layer.reason}"
+    if layer.analysis == "trace":
+        if layer.ratio is None or not math.isfinite(layer.ratio):
+            return layer.reason or "undefined"
+        return None
+    if layer.summary is None or layer.summary.defined == 0:
+        return "undefined: no pair has a value (dead filters or channels)"
+    return None
+
+
+def _sdr_groups(result: SDRResult) -> Grouped[LayerSDR]:
+    return group_rows(
+        result.layers, name=lambda x: x.record.name, level=lambda x: x.record.level,
+        kind=lambda x: x.analysis, reason=_without_reason,
+    )  # fmt: skip
+
+
+def _pooled(members: Sequence[LayerSDR], tolerance: float) -> Summary:
+    """The pairs of a row's SDR layers pooled, as the per-level table pools a level's."""
+    import numpy as np
+
+    from ..analysis.sdr import Summary
+
+    logs = np.concatenate([x.log10().ravel() for x in members])
+    return Summary.of(logs, sum(x.summary.pairs for x in members if x.summary), tolerance)
+
+
+def _group_cells(row: Row[LayerSDR], tolerance: float, style: _StatStyle) -> list[Cell]:
+    """The statistic cells of a row of several layers."""
+    if row.members[0].analysis == "trace":
+        ratios = [float(x.ratio) for x in row.members if x.ratio is not None]
+        low, high = (format_number(x, "{:.3f}") for x in (min(ratios), max(ratios)))
+        pairs, med = f"{len(ratios)} (trace)", format_number(statistics.median(ratios), "{:.3f}")
+        return _note_cells(pairs, med, ("min–max", f"{low}–{high}"), style)
+    return _summary_cells(_pooled(row.members, tolerance), style)
+
+
+def _grouped_sdr_table(
+    result: SDRResult, grouped: Grouped[LayerSDR], title: str | None, width: int, hint: str
+) -> Table:
+    """:func:`sdr_table` of a large model: one row per role and level (or per level)."""
+
+    def layout(grid: bool, style: _StatStyle, level: bool) -> Layout:
+        head = [Column("#", "right"), Column("layer", priority=0), Column("level")]
+        head.append(Column("grid"))
+        stats = _stat_columns(style)
+        for row in grouped.rows:
+            first = row.members[0]
+            head[0].cells.append(row_index([x.record.index for x in row.members]))
+            head[1].cells.append(row_label(row, [x.record.name for x in row.members]))
+            head[2].cells.append(first.record.level)
+            grids = [x.record.grid for x in row.members]
+            head[3].cells.append(_grid_text(grids, first.analysis == "trace"))
+            if len(row.members) == 1:
+                cells = _layer_cells(first, style)
+            else:
+                cells = _group_cells(row, result.tolerance, style)
+            for column, cell in zip(stats, cells, strict=True):
+                column.cells.append(cell)
+        left_out = ([] if grid else ["grid"]) + style.left_out() + ([] if level else ["level"])
+        shown = [c for c in head if (c.header != "grid" or grid) and (c.header != "level" or level)]
+        notes = [summary_note(grouped, hint)]
+        notes += without_lines(grouped, lambda x: x.record.name, "without a value")
+        return Layout(shown + stats, left_out, notes)
+
+    return fit_table(_layer_layouts(layout), width, title)

@@ -19,6 +19,17 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from ..gate.metrics import fmt_value
+from .grouping import (
+    ROW_LIMIT,
+    Grouped,
+    Row,
+    RowMode,
+    group_rows,
+    row_index,
+    row_label,
+    summary_note,
+    without_lines,
+)
 from .layout import (
     DEFAULT_WIDTH,
     Atom,
@@ -75,14 +86,38 @@ def _short_type(name: str) -> str:
     return name
 
 
+def _uniform(texts: Sequence[str]) -> str:
+    """The text every layer of a row shares, else ``various``."""
+    return texts[0] if len(set(texts)) == 1 else "various"
+
+
+def _layer_groups(records: Sequence[LayerRecord]) -> Grouped[LayerRecord]:
+    return group_rows(
+        records, name=lambda r: r.name, level=lambda r: r.level,
+        kind=lambda r: f"{r.type} {r.analysis}",
+        reason=lambda r: f"skipped: {r.reason}" if r.analysis == "skipped" else None,
+    )  # fmt: skip
+
+
 def layers_table(
-    records: Sequence[LayerRecord], title: str | None = None, *, width: int = DEFAULT_WIDTH
+    records: Sequence[LayerRecord],
+    title: str | None = None,
+    *,
+    width: int = DEFAULT_WIDTH,
+    rows: RowMode = "auto",
+    hint: str = "",
 ) -> Table:
     """The inventory of ``genaudit layers``: one row per layer in execution order.
 
-    Narrower than its natural width it abbreviates types (``ConvT2d``), wraps shapes and kernel
-    parameters, then leaves out the kernel and the level columns.
+    With more than :data:`~genaudit.report.grouping.ROW_LIMIT` layers and ``rows="auto"``, one
+    row per role and level instead (shapes and kernels when they share them, pairs summed),
+    and the skipped layers counted by reason in the caption, followed by ``hint`` (the
+    caller's: how to list every layer). Narrower than its natural width it abbreviates types
+    (``ConvT2d``), wraps shapes and kernel parameters, then leaves out the kernel and the level
+    columns.
     """
+    grouped = _layer_groups(records) if rows == "auto" and len(records) > ROW_LIMIT else None
+    listed = grouped.rows if grouped is not None else tuple(Row((r,), r.name) for r in records)
 
     def layout(short_type: bool, wrap_shapes: bool, kernel: bool, level: bool) -> Layout:
         cols = {
@@ -95,27 +130,36 @@ def layers_table(
             "pairs": Column("pairs", "right"),
             "analysis": Column("analysis", priority=2),
         }
-        for r in records:
+        for row in listed:
+            r, members = row.members[0], row.members
             analysis = r.analysis if r.analysis != "skipped" else f"skipped: {r.reason}"
             analysis_atoms = words(analysis)
             if r.analysis == "trace":
                 analysis_atoms = ("trace",) if wrap_shapes else ("trace method",)
-            calls = (f"(×{r.calls})",) if r.calls > 1 else ()
-            io_in, io_out = format_shape(r.input_shape), format_shape(r.output_shape)
-            cols["#"].cells.append(str(r.index))
-            cols["layer"].cells.append(flow(Name(r.name), *calls))
+            io_in = _uniform([format_shape(m.input_shape) for m in members])
+            io_out = _uniform([format_shape(m.output_shape) for m in members])
+            cols["#"].cells.append(row_index([m.index for m in members]))
+            if len(members) == 1 and not row.by_level:
+                calls = (f"(×{r.calls})",) if r.calls > 1 else ()
+                cols["layer"].cells.append(flow(Name(r.name), *calls))
+            else:
+                cols["layer"].cells.append(row_label(row, [m.name for m in members]))
             cols["type"].cells.append(_short_type(r.type) if short_type else r.type)
             cols["io"].cells.append(
                 flow(f"{io_in} →", io_out) if wrap_shapes else f"{io_in} → {io_out}"
             )
-            params = _conv_params(r)
+            params = _uniform([_conv_params(m) for m in members])
             cols["kernel"].cells.append(flow(*params.split()) if wrap_shapes else params)
             cols["level"].cells.append(r.level)
-            cols["pairs"].cells.append(str(r.pairs))
+            cols["pairs"].cells.append(str(sum(m.pairs for m in members)))
             cols["analysis"].cells.append(flow(*analysis_atoms))
         left_out = [name for name, shown in (("kernel", kernel), ("level", level)) if not shown]
         keep = [k for k in cols if k not in left_out]
-        return Layout([cols[k] for k in keep], left_out)
+        notes = []
+        if grouped is not None:
+            notes = [summary_note(grouped, hint)]
+            notes += without_lines(grouped, lambda m: m.name, "not analysed")
+        return Layout([cols[k] for k in keep], left_out, notes)
 
     return fit_table(
         [
@@ -291,7 +335,7 @@ def verdict_table(result: GateResult, title: str, *, width: int = DEFAULT_WIDTH)
             mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
             row: list[Cell] = [
                 str(e.rule.index), flow(e.rule.metric, e.rule.bound_text()), Flow(where),
-                fmt_value(e.value), e.rule.severity, mark,
+                e.shown_value, e.rule.severity, mark,
             ]  # fmt: skip
             for column, cell in zip(cols, row, strict=True):
                 column.cells.append(cell)
