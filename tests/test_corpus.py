@@ -236,3 +236,81 @@ def test_stylegan2_like_generator_runs(tmp_path: Path) -> None:
     layers = {x["name"]: x for x in json.loads(res.stdout)["results"]["layers"]}
     for name in ("mapping.0", "mapping.2", "conv0.affine", "torgbs.1.affine"):
         assert layers[name]["level"] == "linear" and layers[name]["trace_ratio"] > 0, name
+
+
+# --------------------------------------------------------------------------- without workarounds
+
+
+def test_cyclegan_ends_at_image_despite_its_reflection_padding(tmp_path: Path) -> None:
+    path = corpus.save(corpus.build("cyclegan"), tmp_path, "zip")
+    args = [str(path), *arch_args("cyclegan"), *input_args("cyclegan", tmp_path)]
+    layers = json.loads(run("layers", *args, "--json", "-").stdout)["results"]["layers"]
+    assert layers[-1]["input_shape"] == [4, 22, 22] and layers[-1]["level"] == "image"
+
+
+@pytest.mark.parametrize("how", [[], ["--select", "generator"], ["--strip-prefix", "generator."]])
+def test_lightning_checkpoint_with_the_generator_architecture(
+    how: list[str], tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    gan = corpus.lit_gan()
+    path = corpus.save_lightning(gan, tmp_path / "last.ckpt")
+    res = run("sdr", str(path), "--arch", "corpus:dcgan_generator", *how, "--num-samples", "8",
+              "--json", "-")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    ckpt = doc["checkpoint"]
+    discriminator_keys = len(gan.discriminator.state_dict())
+    assert (ckpt["key_prefix"], ckpt["ignored_keys"]) == ("generator.", discriminator_keys)
+    assert f"keys under generator. ({discriminator_keys} other keys ignored)" in res.stderr
+    # the same numbers as the whole module's generator
+    whole = run("sdr", str(path), "--arch", "corpus:lit_gan", "--module", "generator",
+                "--num-samples", "8", "--json", "-")  # fmt: skip
+    assert json.loads(whole.stdout)["results"]["layers"] == doc["results"]["layers"]
+
+
+def test_hifigan_from_a_file_and_a_config_json(tmp_path: Path) -> None:
+    config = {**corpus.HIFIGAN_CONFIG, "upsample_rates": [4, 4], "upsample_kernel_sizes": [8, 8]}
+    torch.manual_seed(0)
+    path = corpus.save_nested(corpus.hifigan(**config), tmp_path / "g_00100000", "generator")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    mel = tmp_path / "mel.pt"
+    torch.save(torch.randn(4, 16, 8), mel)
+    source = Path(corpus.__file__)
+    res = run("layers", str(path), "--arch", f"{source}:HifiGanGenerator", "--arch-config",
+              str(tmp_path / "config.json"), "--inputs", str(mel), "--json", "-")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["checkpoint"]["state_key"] == "generator"
+    assert doc["checkpoint"]["arch_config"]["upsample_rates"] == [4, 4]
+    ups = [x for x in doc["results"]["layers"] if x["name"].startswith("ups.")]
+    assert [x["output_shape"] for x in ups] == [[8, 32], [4, 128]]
+
+
+def test_torchscript_with_trust_alone_gives_the_python_models_numbers(tmp_path: Path) -> None:
+    model = corpus.build("hifigan")
+    script = corpus.save_torchscript(model, corpus.example_inputs("hifigan", 2), tmp_path / "g.pt")
+    plain = corpus.save_zip(model, tmp_path / "g.pth")
+    inputs = [*input_args("hifigan", tmp_path), "--num-samples", "8", "--pairs", "--json", "-"]
+    trusted = run("sdr", str(script), "--trust-checkpoint", *inputs)
+    assert trusted.exit_code == 0, trusted.output
+    ours = json.loads(run("sdr", str(plain), *arch_args("hifigan"), *inputs).stdout)
+    got = {x["name"]: x for x in json.loads(trusted.stdout)["results"]["layers"]}
+    assert list(got) == [x["name"] for x in ours["results"]["layers"]]
+    for layer in ours["results"]["layers"]:
+        other = got[layer["name"]]
+        assert (other["type"], other["level"]) == (layer["type"], layer["level"])
+        np.testing.assert_allclose(other["pairs"]["sdr"], layer["pairs"]["sdr"], rtol=1e-5)
+
+
+def test_stylegan2_modulated_convolutions_are_listed_not_skipped_silently(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = corpus.save_safetensors(corpus.stylegan2(), tmp_path / "g.safetensors")
+    res = run("layers", str(path), "--arch", "corpus:stylegan2", "--all-rows", "--json", "-")
+    assert res.exit_code == 0, res.output
+    layers = {x["name"]: x for x in json.loads(res.stdout)["results"]["layers"]}
+    for name in ("conv0", "convs.0", "convs.1", "torgbs.0", "torgb0"):
+        layer = layers[name]
+        assert layer["type"] == "conv2d (functional)" and layer["analysis"] == "skipped", name
+        assert layer["reason"].startswith("not analysed: weight varies per sample (modulated)")
+        assert "corpus.py:" in layer["reason"], layer["reason"]

@@ -154,6 +154,29 @@ def test_readout_rule(recs: list[dict[str, object]], last: str) -> None:
     assert assign_levels(recs)[-1] == last
 
 
+@pytest.mark.parametrize(
+    ("input_points", "last"),
+    [(None, READOUT_LEVEL), (1, READOUT_LEVEL), (16 * 16, "image"), (32 * 32, READOUT_LEVEL)],
+)
+def test_the_model_input_is_the_reference_when_it_is_a_map(
+    input_points: int | None, last: str
+) -> None:
+    # reflection padding makes the first convolution's input (22×22) larger than the model's
+    # input and output (16×16): an image-to-image network still ends at ``image``
+    recs = [_conv((22, 22), (16, 16)), _conv((16, 16), (16, 16)), _conv((22, 22), (16, 16))]
+    assert assign_levels(recs, input_points)[-1] == last
+
+
+def test_reflection_padded_image_to_image_network_ends_at_image() -> None:
+    model = nn.Sequential(
+        nn.ReflectionPad2d(3), nn.Conv2d(3, 4, 7), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1),
+        nn.ConvTranspose2d(4, 4, 3, 2, 1, output_padding=1), nn.ReflectionPad2d(3),
+        nn.Conv2d(4, 3, 7), nn.Tanh(),
+    )  # fmt: skip
+    recs = walk_layers(model, (torch.randn(2, 3, 16, 16),))
+    assert recs[-1].input_shape == (4, 22, 22) and recs[-1].level == "image"
+
+
 # --------------------------------------------------------------------------- what uses levels
 
 

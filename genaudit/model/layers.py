@@ -8,10 +8,13 @@ Levels (names in :mod:`genaudit.model.levels`), assigned from the shapes seen in
 - ``linear``: every Linear layer.
 - ``image`` or ``readout``: the last convolution that runs. It is ``readout`` when the model's
   output is spatially smaller than its input: the last convolution's output grid has fewer points
-  than the input grid of the reference, the first convolution fed a map (more than one point), as
-  for an encoder's code or a discriminator's score. A generator fed a latent vector or a 1×1 map, a
-  super-resolution or image-to-image network and a vocoder end at ``image``, and so does a model
-  none of whose convolutions is fed a map. Linear layers are never the reference: a generator
+  than the reference grid, as for an encoder's code or a discriminator's score. The reference is
+  the grid of the model's first input when it is a map (``(N, C, *grid)`` with more than one
+  point: padding inside the model, such as an image-to-image network's reflection padding, does
+  not count), otherwise the input grid of the first convolution fed a map. A generator fed a latent
+  vector or a 1×1 map, a super-resolution or image-to-image network and a vocoder end at
+  ``image``, and so does a model none of whose convolutions is fed a map. Linear layers are never
+  the reference: a generator
   whose first layer is Linear (z → Linear → a small map → convolutions) is measured from the map
   its Linear layer makes, smaller than its image, so it ends at ``image``; a Linear layer ahead
   of convolutions that shrink their maps (a conditional discriminator's label embedding turned
@@ -235,27 +238,43 @@ def _grid_points(shape: Sequence[int]) -> int:
     return math.prod(shape[1:])
 
 
-def _reads_out(records: Sequence[Mapping[str, Any]], convs: Sequence[int]) -> bool:
-    """Whether the last convolution's output grid is smaller than the reference's input grid.
+def _reads_out(
+    records: Sequence[Mapping[str, Any]], convs: Sequence[int], input_points: int | None
+) -> bool:
+    """Whether the last convolution's output grid is smaller than the reference grid.
 
-    The reference is the first convolution (``convs``: indices in run order) fed a map of more
-    than one point; without one the model is fed vectors or 1×1 maps and is not a readout.
+    The reference is the model's input grid (``input_points`` points) when it is a map of more
+    than one point, else the input grid of the first convolution (``convs``: indices in run
+    order) fed a map of more than one point; without either the model is fed vectors or 1×1
+    maps and is not a readout.
     """
     fed_maps = [i for i in convs if _grid_points(records[i]["input_shape"]) > 1]
     if not fed_maps:
         return False
     reference = _grid_points(records[fed_maps[0]]["input_shape"])
+    if input_points is not None and input_points > 1:
+        reference = input_points
     return _grid_points(records[convs[-1]]["output_shape"]) < reference
 
 
-def assign_levels(records: list[dict[str, Any]]) -> list[Level]:
-    """Levels for records in execution order (the rule: see the module docstring)."""
+def input_grid_points(inputs: Sequence[Any]) -> int | None:
+    """Points of the grid of the model's first input ``(N, C, *grid)``, or None when it is not
+    a map (a latent vector, a label, no tensor)."""
+    first = inputs[0] if inputs else None
+    if not isinstance(first, torch.Tensor) or first.ndim < 3:
+        return None
+    return math.prod(int(m) for m in first.shape[2:])
+
+
+def assign_levels(records: list[dict[str, Any]], input_points: int | None = None) -> list[Level]:
+    """Levels for records in execution order (the rule: see the module docstring);
+    ``input_points``: the points of the model's input grid (:func:`input_grid_points`)."""
     levels: list[Level] = [LINEAR_LEVEL] * len(records)
     convs = [i for i, r in enumerate(records) if r["type"] != "Linear"]
     if not convs:
         return levels
     last = convs[-1]
-    levels[last] = READOUT_LEVEL if _reads_out(records, convs) else "image"
+    levels[last] = READOUT_LEVEL if _reads_out(records, convs, input_points) else "image"
     rest = []
     for i in convs[:-1]:
         if _grid_points(records[i]["input_shape"]) == 1:
@@ -301,7 +320,7 @@ def walk_layers(
         )
     timed = [(s.order, _record(0, s)) for s in seen] + [(f.pop("order"), f) for f in functional]
     recs = [{**rec, "index": i} for i, (_, rec) in enumerate(sorted(timed, key=lambda t: t[0]))]
-    levels = assign_levels(recs)
+    levels = assign_levels(recs, input_grid_points(inputs))
     out = []
     for rec, level in zip(recs, levels, strict=True):
         skip: str | None = rec.pop("reason", None)  # a functional op that is not analysed
