@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = str(ROOT / "fixtures" / "dcgan64_generator.safetensors")
-COMMANDS = ("layers", "sdr", "stretch", "compare", "check", "archs")
+COMMANDS = ("layers", "sdr", "stretch", "compare", "check", "track", "archs")
 
 # Runs ``main(argv)`` for each argv in one interpreter and reports, after each, its exit code
 # and whether torch (or, under Typer 0.29, pydantic) had been imported by then.
@@ -86,6 +86,9 @@ USAGE_ERRORS = [
     ["compare", FIXTURE, FIXTURE, "--pair", "=main.3"],
     ["check", FIXTURE, "--rule", "sdr.nope:all::1"],
     ["check", FIXTURE, "--write-baseline", "-"],
+    ["track", FIXTURE, FIXTURE],  # one snapshot named twice
+    ["track", "no_such_folder/*.safetensors"],
+    ["track", FIXTURE, "--factor", "0"],
 ]
 
 

@@ -338,3 +338,20 @@ def test_reasons_group_without_their_call_sites(
     keep = "input grid 1×2 has 1 non-zero frequency; the SDR needs at least 2"
     assert grouping.reason_key(keep) == keep
     assert grouping.role_pattern("blocks.11.layers.2.attn.qkv") == "blocks.*.layers.*.attn.qkv"
+
+
+def test_check_fits_a_screen(files: tuple[str, str], tmp_path: Path) -> None:
+    model, x = files
+    args = ["check", model, "--arch", ARCH, "--inputs", x, "--num-samples", str(SAMPLES),
+            "--csv", str(tmp_path / "checks.csv")]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "120"})
+    assert result.exit_code in (0, 1), result.output
+    checks = list(csv.DictReader((tmp_path / "checks.csv").open()))
+    text = result.stdout
+    assert len(checks) > 100 and len(text.splitlines()) <= SCREEN, text
+    assert f"{len(checks)} checks: those of a rule with one result share a row" in text
+    linear = [c for c in checks if c["metric"] == "trace.abs_log10" and c["status"] == "pass"]
+    assert re.search(rf"{len(linear)} layers .* pass ×{len(linear)}", text.replace("\n", " "))
+    full = runner.invoke(app, [*args, "--all-rows"], env={"COLUMNS": "120"})
+    rows = [line for line in full.stdout.splitlines() if re.match(r"\d+ ", line)]
+    assert len(rows) == len(checks)

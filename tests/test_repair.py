@@ -54,7 +54,12 @@ def test_alternating_penalty_steps_make_the_chosen_layers_more_generic(weight_no
     ]
     running, hooks = model[1].running_mean.clone(), _hooks(model)
     before = _mean_abs_log10(model, penalty)
-    params = [p for m in (model[3], model[6], model[8]) for p in m.parameters()]
+    params = penalty.parameters()
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected = {"3.weight", "8.weight"} | (
+        {"6.weight_g", "6.weight_v"} if weight_norm else {"6.weight"}
+    )
+    assert {names[id(p)] for p in params} == expected
     opt = torch.optim.Adam(params, lr=0.01)
     for _ in range(25):
         opt.zero_grad()

@@ -105,6 +105,15 @@ class GenericityPenalty:
         self._modules = [model.get_submodule(r.name) for r in chosen]
         self._maps: dict[int, Tensor] = {}
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters the penalised weights are computed from (``weight``, or weight norm's
+        ``weight_g``/``weight_v`` and parametrisations' originals; never biases): what a
+        penalty optimiser steps."""
+        return [
+            p for m in self._modules for name, p in m.named_parameters()
+            if name.rsplit(".", 1)[-1] != "bias"
+        ]  # fmt: skip
+
     @contextmanager
     def capture(self) -> Iterator[None]:
         """Record the chosen layers' input maps (detached) during the forward passes inside."""

@@ -24,6 +24,7 @@ from ..model.levels import Level
 from .accumulators import CovarianceAccumulator
 from .distributed import Accumulator, DistributedRun
 from .finite import NONFINITE_REASON, finite_sums, nonfinite_failure
+from .frames import data_frame
 from .spectral import GridTooSmallError, spectral_density_ratio
 from .statistics import Samples, Statistics, collect_statistics
 from .trace_method import mechanism_matrix, trace_ratio
@@ -231,6 +232,32 @@ class SDRResult:
         return rows
 
     CSV_HEADER = ("layer", "level", "out_channel", "in_channel", "sdr", "log10_sdr")
+
+    def to_rows(self, pairs: bool = False) -> list[dict[str, Any]]:
+        """One flat dict per layer (analysis, the summary's statistics or the trace ratio, the
+        skip reason), or with ``pairs`` one per (layer, output channel, input channel)."""
+        if pairs:
+            return [dict(zip(self.CSV_HEADER, row, strict=True)) for row in self.csv_rows()]
+        return [layer_row(layer) for layer in self.layers]
+
+    def to_pandas(self, pairs: bool = False) -> Any:
+        """:meth:`to_rows` as a ``pandas.DataFrame`` (pandas is optional: a UsageError
+        without it)."""
+        return data_frame(self.to_rows(pairs))
+
+
+def layer_row(layer: LayerSDR) -> dict[str, Any]:
+    """A layer's result as one flat row (NaN where a statistic does not apply)."""
+    r, s, nan = layer.record, layer.summary, math.nan
+    return {
+        "index": r.index, "layer": r.name, "type": r.type, "level": r.level,
+        "analysis": layer.analysis, "pairs": s.pairs if s else 0,
+        "undefined": s.undefined if s else 0, "median_sdr": s.median_sdr if s else nan,
+        "mean_log10_sdr": s.mean_log10 if s else nan, "sd_log10_sdr": s.sd_log10 if s else nan,
+        "generic_fraction": s.generic_fraction if s else nan,
+        "trace_ratio": layer.ratio if layer.ratio is not None else nan,
+        "reason": layer.reason, "samples": layer.samples,
+    }  # fmt: skip
 
 
 def layer_sdr(

@@ -28,6 +28,7 @@ from ..model.hooks import eval_mode, forward_hooks
 from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
 from ..model.levels import Level
 from .finite import check_finite_weights
+from .frames import data_frame
 from .transforms import Transform, axis_dims
 
 CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")
@@ -116,6 +117,19 @@ class StretchResult:
         """Header ``layer, level, mse, baseline, rel_mse`` and one row per layer."""
         rows = [(r.name, r.level, r.mse, r.baseline, r.rel_mse) for r in self.layers]
         return CSV_HEADER, rows
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One flat dict per layer intervened at: index, layer, level, mse, baseline, rel_mse."""
+        return [
+            {"index": r.index, "layer": r.name, "level": r.level, "mse": r.mse,
+             "baseline": r.baseline, "rel_mse": r.rel_mse}
+            for r in self.layers
+        ]  # fmt: skip
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_rows` as a ``pandas.DataFrame`` (pandas is optional: a UsageError
+        without it)."""
+        return data_frame(self.to_rows())
 
 
 # --------------------------------------------------------------------------- choosing layers

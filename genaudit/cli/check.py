@@ -11,7 +11,7 @@ import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -129,6 +129,15 @@ def check_cmd(
     ] = None,
     json_out: JsonOpt = None,
     csv_out: CsvOpt = None,
+    all_rows: Annotated[
+        bool,
+        typer.Option(
+            "--all-rows",
+            rich_help_panel="Output",
+            help="One table row per check even when there are many (by default, more than 32 "
+            "checks show the passing checks of each rule in one row).",
+        ),
+    ] = False,
     junit: Annotated[
         str | None,
         typer.Option(
@@ -158,6 +167,7 @@ def check_cmd(
     options = _Options(
         load=load, inputs=inputs, run=run, cfg=cfg, write_baseline=write_baseline,
         json_out=json_out, quiet=any(t == "-" for t in (json_out, csv_out, junit)),
+        all_rows=all_rows,
     )  # fmt: skip
     suites: list[tuple[str, gate.GateResult | str]] = []
     codes: list[int] = []
@@ -241,6 +251,7 @@ class _Options:
     write_baseline: str | None
     json_out: str | None
     quiet: bool  # something else writes to stdout
+    all_rows: bool = False
 
 
 # What to do about a baseline the gate cannot use, by gate.BaselineError.problem.
@@ -297,7 +308,9 @@ def _check_one(model: str, opts: _Options, staged: list[tuple[str, str]]) -> gat
     if not opts.quiet:
         out = stdout_console()
         title = f"{Path(model).name}: genaudit check, {n} samples, seed {prep.settings.seed}"
-        out.print(verdict_table(result, title, width=out.width))
+        hint = "every check: --all-rows, or --csv / --json"
+        rows: Literal["auto", "all"] = "all" if opts.all_rows else "auto"
+        out.print(verdict_table(result, title, width=out.width, rows=rows, hint=hint))
         if result.drifted:
             out.print()
             out.print(drift_table(result, width=out.width))

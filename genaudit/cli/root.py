@@ -174,6 +174,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stretch": ("stretch", "Stretch hidden layers vs. stretching the output."),
     "compare": ("compare", "Decoder vs. encoder genericity, mirrored layers."),
     "check": ("check", "CI gate: rules, baseline drift, exit codes."),
+    "track": ("track", "Genericity over training: snapshots ordered by step."),
     "archs": ("inventory", "The registry of standard architectures."),
 }
 # Filled by @command when a command's module is imported: name → (function, help).

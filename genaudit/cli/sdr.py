@@ -55,8 +55,9 @@ def sdr_cmd(
     1×1 maps. log10 SDR = 0 means the kernel is generic with respect to its input."""
     check_outputs(json=json_out, csv=csv_out, plot=plot)
 
+    from .. import api
     from ..analysis import distributed
-    from ..analysis.sdr import SDRResult, run_sdr
+    from ..analysis.sdr import SDRResult
     from ..model.layers import select_layers
     from ..report.export import envelope, to_csv, to_json
     from ..report.sdr_tables import levels_table, sdr_table
@@ -74,15 +75,15 @@ def sdr_cmd(
     n = prep.sample_count(run.num_samples)
     with distributed.process_group(launch, prep.device) as group:
         sdr_args: dict[str, Any] = {
-            "num_samples": n, "batch_size": prep.settings.batch_size, "device": prep.device,
-            "tolerance": tol, "group": group,
+            "layers": chosen, "num_samples": n, "batch_size": prep.settings.batch_size,
+            "device": prep.device, "tolerance": tol, "distributed": group,
         }  # fmt: skip
         if group is not None and not group.is_main:
             # the other ranks share the work, then stay silent: rank 0 writes every output
-            run_sdr(prep.loaded.model, chosen, prep.source, **sdr_args)
+            api.sdr(prep.loaded.model, prep.source, **sdr_args)
             return
         with progress("sampling", n) as advance:
-            result = run_sdr(prep.loaded.model, chosen, prep.source, **sdr_args, progress=advance)
+            result = api.sdr(prep.loaded.model, prep.source, **sdr_args, progress=advance)
     if result.oom_halvings:
         note(
             f"out of memory on {prep.device} at batch size {result.batch_size}: halved "

@@ -90,7 +90,7 @@ def stretch_cmd(
     baseline (0: perfect extrapolation, 1: no better than not intervening)."""
     check_outputs(json=json_out, csv=csv_out, grid=grid)
 
-    from ..analysis.stretch import choose_stretch_layers, run_stretch
+    from .. import api
     from ..analysis.transforms import make_transform
     from ..report.export import envelope, to_csv, to_json
     from ..report.pictures import write_stretch_grids
@@ -99,15 +99,14 @@ def stretch_cmd(
 
     op = make_transform(transform.value, factor, axis.value)
     prep = open_audit(model, load, inputs, run)
-    records = prep.first_records()
     selectors = split_selectors(layers)
-    chosen = choose_stretch_layers(records, selectors)
     n = prep.sample_count(run.num_samples)
     with progress("stretch", n) as advance:
-        result = run_stretch(
-            prep.loaded.model, records, chosen, prep.source, transform=op, num_samples=n,
-            batch_size=prep.settings.batch_size, device=prep.device,
-            keep_samples=grid_samples if grid else 0, progress=advance,
+        result = api.stretch(
+            prep.loaded.model, prep.source, layers=selectors, factor=op.param, axis=op.axis,
+            transform=op.name, num_samples=n, batch_size=prep.settings.batch_size,
+            device=prep.device, keep_samples=grid_samples if grid else 0,
+            level_overrides=prep.settings.levels, progress=advance,
         )  # fmt: skip
     raise_if_interrupted()  # before any output
     written: tuple[Path, ...] = ()

@@ -273,28 +273,40 @@ def sampler_source(spec: str, seed: int) -> InputSource:
     The sampler is called once per block of samples with a generator seeded from (seed, block),
     so that its k-th sample does not depend on the batch size either.
     """
-    fn = load_user_object(spec, "sampler")
-    what = option("sampler")
+    fn = load_user_object(spec, "sampler")  # a failure names the user's file and line
+    describe = {"kind": "sampler", "sampler": spec, "seed": seed}
+    return callable_source(fn, seed, f"{option('sampler')} {spec}", describe)
+
+
+def callable_source(
+    fn: Callable[[int, torch.Generator, torch.device], Any],
+    seed: int,
+    what: str,
+    describe: dict[str, Any],
+) -> InputSource:
+    """Inputs drawn by ``fn(batch_size, generator, device)`` (a tensor or a tuple of positional
+    inputs), once per block of samples with a generator seeded from (seed, block); ``what``
+    names it in errors."""
 
     def one_block(gen: torch.Generator, n: int) -> tuple[torch.Tensor, ...]:
-        out = fn(n, gen, torch.device("cpu"))  # a failure names the user's file and line
+        out = fn(n, gen, torch.device("cpu"))
         outs = out if isinstance(out, tuple | list) else (out,)
         if not outs or not all(isinstance(t, torch.Tensor) for t in outs):
-            raise ModelInputError(f"{what} {spec} must return a tensor or a tuple of tensors")
+            raise ModelInputError(f"{what} must return a tensor or a tuple of tensors")
         if any(t.ndim == 0 or t.shape[0] != n for t in outs):
-            raise ModelInputError(f"{what} {spec} asked for {n} samples returned other batch sizes")
+            raise ModelInputError(f"{what} asked for {n} samples returned other batch sizes")
         return tuple(t.cpu() for t in outs)
 
     def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
         batch = _block_draws(seed, start, stop, one_block)
         if (k := _first_nonfinite_sample(batch)) is not None:
             raise ModelInputError(
-                f"{what} {spec} returned NaN or infinite values (sample {start + k})",
+                f"{what} returned NaN or infinite values (sample {start + k})",
                 "make the sampler return finite values",
             )
         return batch
 
-    return InputSource({"kind": "sampler", "sampler": spec, "seed": seed}, draw)
+    return InputSource(describe, draw)
 
 
 def _first_parametrised_layers(model: nn.Module) -> list[nn.Module]:

@@ -13,8 +13,9 @@ are :mod:`genaudit.report.sdr_tables`. Imports no torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rich.table import Table
 
@@ -48,7 +49,7 @@ from .layout import (
 if TYPE_CHECKING:  # report needs no torch at import time
     from ..analysis.compare import Comparison
     from ..analysis.stretch import StretchResult
-    from ..gate.verdict import GateResult
+    from ..gate.verdict import Evaluation, GateResult
     from ..io.registry import ArchEntry
     from ..model.layers import LayerRecord
 
@@ -310,12 +311,66 @@ def archs_table(
 # --------------------------------------------------------------------------- gate
 
 
-def verdict_table(result: GateResult, title: str, *, width: int = DEFAULT_WIDTH) -> Table:
+#: More checks than this, and the passing checks of each rule share one row (``rows="auto"``).
+MAX_VERDICT_ROWS = 32
+
+
+#: With many checks, a rule's checks of one result share a row when there are more than this.
+GROUP_FROM = 3
+
+
+def _verdict_rows(
+    result: GateResult, rows: Literal["auto", "all"]
+) -> list[Evaluation | list[Evaluation]]:
+    """Every check in its own row, or (many checks, ``auto``) the checks of one rule with one
+    result together in the place of the first, when there are more than :data:`GROUP_FROM`."""
+    if rows == "all" or len(result.evaluations) <= MAX_VERDICT_ROWS:
+        return list(result.evaluations)
+    groups: dict[tuple[int, str], list[Evaluation]] = {}
+    for e in result.evaluations:
+        groups.setdefault((e.rule.index, e.status), []).append(e)
+    out: list[Evaluation | list[Evaluation]] = []
+    for e in result.evaluations:
+        group = groups[(e.rule.index, e.status)]
+        if len(group) <= GROUP_FROM:
+            out.append(e)
+        elif group[0] is e:
+            out.append(group)
+    return out
+
+
+def _group_value(group: Sequence[Evaluation]) -> str:
+    """The values of grouped checks: their range, and how many have none."""
+    finite = [x.value for x in group if math.isfinite(x.value)]
+    missing = sorted({x.shown_value for x in group if not math.isfinite(x.value)})
+    low, high = (fmt_value(min(finite)), fmt_value(max(finite))) if finite else ("", "")
+    parts = ([low] if low == high else [f"{low}–{high}"]) if finite else []
+    if missing and finite:
+        parts.append(f"({len(group) - len(finite)} {'/'.join(missing)})")
+    elif missing:
+        parts.append("/".join(missing))
+    return " ".join(parts)
+
+
+def verdict_table(
+    result: GateResult,
+    title: str,
+    *,
+    width: int = DEFAULT_WIDTH,
+    rows: Literal["auto", "all"] = "auto",
+    hint: str = "",
+) -> Table:
     """One row per rule × layer/level: value, bound, severity and result.
 
-    Narrow tables wrap the rule (metric, then bound) and the layer or level; long layer names
-    are shortened from the middle.
+    With more than :data:`MAX_VERDICT_ROWS` checks (a deep model) and ``rows="auto"``, the
+    checks of a rule with one result (pass, warn or fail) share one row when there are more
+    than :data:`GROUP_FROM` of them: how many, the first and last layer, the range of their
+    values. ``hint`` (the caller's: how to list every check) then ends the caption. Narrow
+    tables wrap the rule (metric, then bound) and the layer or level; long layer names are
+    shortened from the middle.
     """
+    entries = _verdict_rows(result, rows)
+    grouped = any(isinstance(x, list) for x in entries)
 
     def layout(short_headers: bool) -> Layout:
         cols = [
@@ -326,20 +381,35 @@ def verdict_table(result: GateResult, title: str, *, width: int = DEFAULT_WIDTH)
             Column("sev." if short_headers else "severity"),
             Column("result"),
         ]
-        for e in result.evaluations:
-            where: tuple[Atom, ...] = (
-                (f"level {e.name}",) if e.kind == "level" else ("layer", Name(e.name))
-            )
-            if e.layer and e.layer != e.name:
-                where += (Name(e.layer, prefix="(", suffix=")"),)
-            mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
+        for entry in entries:
+            e = entry[0] if isinstance(entry, list) else entry
+            if isinstance(entry, list):
+                kinds = {x.kind for x in entry}
+                noun = f"{next(iter(kinds))}s" if len(kinds) == 1 else "targets"
+                where: tuple[Atom, ...] = (f"{len(entry)} {noun}", Name(entry[0].name),
+                                           "…", Name(entry[-1].name))  # fmt: skip
+                shown = _group_value(entry)
+                mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
+                mark += f" ×{len(entry)}"
+            else:
+                where = (f"level {e.name}",) if e.kind == "level" else ("layer", Name(e.name))
+                if e.layer and e.layer != e.name:
+                    where += (Name(e.layer, prefix="(", suffix=")"),)
+                shown = e.shown_value
+                mark = {"pass": "pass", "warn": "WARN", "fail": "FAIL"}[e.status]
             row: list[Cell] = [
                 str(e.rule.index), flow(e.rule.metric, e.rule.bound_text()), Flow(where),
-                e.shown_value, e.rule.severity, mark,
+                shown, e.rule.severity, mark,
             ]  # fmt: skip
             for column, cell in zip(cols, row, strict=True):
                 column.cells.append(cell)
-        return Layout(cols)
+        notes = []
+        if grouped:
+            notes.append(
+                f"{len(result.evaluations)} checks: those of a rule with one result share a row"
+                + (f"; {hint}" if hint else "")
+            )
+        return Layout(cols, notes=notes)
 
     return fit_table([lambda: layout(False), lambda: layout(True)], width, title)
 
