@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -157,6 +158,8 @@ class SectionedCommand(TyperCommand):
                 continue
             if param.param_type_name == "argument":
                 panel = "Arguments"
+                # Typer ≥ 0.29 appends the Python type (``MODEL <list[str]>``): the metavar says it
+                record = (re.sub(r"\s+<[^<>]*>$", "", record[0]), record[1])
             else:
                 panel = getattr(param, "rich_help_panel", None) or "Options"
             sections.setdefault(panel, []).append(record)
