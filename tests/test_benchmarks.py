@@ -59,3 +59,16 @@ def test_startup_benchmark_runs_and_nothing_imports_torch(tmp_path: Path) -> Non
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["case"].startswith("floor") and len(rows) > 10
     assert all(r["imports_torch"] is False for r in rows[1:])
+
+
+def test_end_to_end_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    res = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_e2e.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "vs forward" in res.stdout
+    [row] = json.loads(out.read_text())["sizes"]
+    assert row["num_samples"] == 32 and row["plain_s"]["min"] > 0 and row["genaudit_s"]["min"] > 0
+    assert {"startup_s", "load_s", "forward_s", "spectra_s", "pairs_s"} <= set(row["stages"])

@@ -8,7 +8,9 @@ model's output directly:
 - ``baseline = mean (G(z) − T G(z))²`` (not intervening at all),
 - ``rel_mse_ℓ = mse_ℓ / baseline``: 0 is perfect extrapolation, 1 no better than doing nothing.
 
-Cost per batch: one plain forward pass plus one per chosen layer.
+Cost per batch: one plain forward pass, plus for each chosen layer only the part of the network
+downstream of it, the upstream values being those of the plain pass (``replay.Replayer``; a full
+forward pass whenever that could not give the same numbers exactly).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -29,12 +32,18 @@ from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
 from ..model.levels import Level
 from .finite import check_finite_weights
 from .frames import data_frame
+from .replay import Replayer
 from .transforms import Transform, axis_dims
 
 CSV_HEADER = ("layer", "level", "mse", "baseline", "rel_mse")
 
 # Levels that default_stretch_layers intervenes at, in the order of the levels.
 STRETCH_LEVELS = LEVELS
+
+# False runs every layer's pass as a full forward pass (the reference the replay is tested on).
+_REPLAY = True
+# How many layer passes the last run_stretch ran downstream only and in full (for tests).
+_LAST_PASSES: dict[str, int] = {}
 
 
 class Batches(Protocol):
@@ -328,6 +337,10 @@ def run_stretch(
         return lambda: intervene(model, module, transform)
 
     interventions = [intervention(r) for r in chosen]
+    replayer = Replayer(
+        model, [None if r.is_functional else model.get_submodule(r.name) for r in chosen]
+    )
+    replayer.enabled = replayer.enabled and _REPLAY
 
     sq_base = torch.zeros((), dtype=torch.float64)
     sq_layers = [torch.zeros((), dtype=torch.float64) for _ in chosen]
@@ -344,7 +357,7 @@ def run_stretch(
 
     with eval_mode(model), torch.no_grad():
         for inputs in source.batches(num_samples, batch_size, device):
-            out = output_map(model(*inputs))
+            out = output_map(replayer.baseline(partial(model, *inputs)))
             target = transform(out)
             if target.shape != out.shape:
                 raise UsageError(
@@ -360,7 +373,7 @@ def run_stretch(
                 kept_stretched.append(_keep(target, take))
             for k, intervening in enumerate(interventions):
                 with intervening():
-                    y = output_map(model(*inputs))
+                    y = output_map(replayer.forward(k, partial(model, *inputs)))
                 if y.shape != out.shape:
                     raise NothingToAnalyseError(
                         f"intervening at {chosen[k].name!r} changed the output's shape from "
@@ -373,6 +386,7 @@ def run_stretch(
             if progress is not None:
                 progress(out.shape[0])
 
+    _LAST_PASSES.update(replayed=replayer.replayed, full=replayer.full)
     baseline = float(sq_base.item()) / count
     notes: list[str] = []
     if baseline == 0:
