@@ -72,3 +72,25 @@ def test_end_to_end_benchmark_runs(tmp_path: Path) -> None:
     [row] = json.loads(out.read_text())["sizes"]
     assert row["num_samples"] == 32 and row["plain_s"]["min"] > 0 and row["genaudit_s"]["min"] > 0
     assert {"startup_s", "load_s", "forward_s", "spectra_s", "pairs_s"} <= set(row["stages"])
+
+
+def test_deep_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "deep.json"
+    res = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_deep.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "per layer kind" in res.stdout
+    models = {m["model"]: m for m in json.loads(out.read_text())["models"]}
+    assert set(models) == {"vocoder", "transformer"}
+    expected = {"vocoder": {"Conv1d", "ConvTranspose1d"}, "transformer": {"Linear", "Conv2d"}}
+    for name, m in models.items():
+        assert m["forward_s"]["min"] > 0 and m["sdr_s"]["min"] > 0 and m["stream_s"]["min"] > 0
+        kinds = {k["kind"]: k for k in m["kinds"]}
+        assert expected[name] <= set(kinds)
+        for kind in expected[name]:
+            row = kinds[kind]
+            assert row["forward_s"] > 0 and row["hooks_s"] > 0 and row["forward_share"] > 0
+            assert isinstance(row["over_2x"], bool)
+    assert models["vocoder"]["layers_by_kind"]["ConvTranspose1d"] == 4
