@@ -24,6 +24,7 @@ from ..model.layers import LayerRecord
 from .accumulators import CovarianceAccumulator, SpectrumAccumulator
 from .distributed import Accumulator, DistributedRun, all_reduce_accumulators, shard_ranges
 from .finite import check_finite_weights
+from .precision import full_float32
 
 
 class Samples(Protocol):
@@ -216,7 +217,10 @@ def collect_statistics(
     ranges = shard_ranges(num_samples, batch_size, rank, world)
     size, halvings = batch_size, 0
     hooks = [(modules[r.name], make_hook(r)) for r in active if not r.is_functional]
-    with eval_mode(model), forward_hooks(hooks, pre=True), torch.no_grad(), watch:
+    with (
+        eval_mode(model), forward_hooks(hooks, pre=True), torch.no_grad(), watch,
+        full_float32(device),
+    ):  # fmt: skip
         if not ranges:
             # No samples for this rank: one throwaway sample shows the weights as they run.
             run_batch(0, 1)

@@ -32,6 +32,7 @@ from ..model.layers import LEVELS, LayerRecord, first_tensor, select_layers
 from ..model.levels import Level
 from .finite import check_finite_weights
 from .frames import data_frame
+from .precision import full_float32
 from .replay import Replayer
 from .transforms import Transform, axis_dims
 
@@ -355,7 +356,7 @@ def run_stretch(
     def _keep(t: torch.Tensor, n: int) -> torch.Tensor:
         return t[:n].detach().to("cpu", torch.float32).clone()
 
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), full_float32(device):
         for inputs in source.batches(num_samples, batch_size, device):
             out = output_map(replayer.baseline(partial(model, *inputs)))
             target = transform(out)
