@@ -292,6 +292,7 @@ def test_baseline_round_trip_and_fingerprint(records: list[LayerRecord], tmp_pat
         (_fp(records, arch="vae_decoder"), "arch"),
         (_fp(records, arch_kwargs={**KW, "ngf": 8}), "arch_kwargs"),
         (_fp(records[:-1]), "layer 3 is main.9"),
+        ({**fp, "arch_config": {"resblock": "1"}}, "arch_config"),  # a factory's config object
     ]:
         with pytest.raises(gate.BaselineError) as info:
             gate.check_fingerprint(base, other)

@@ -86,6 +86,20 @@ def test_conditional_generator(fmt: str) -> None:
     assert trial_forward(model, source, CPU).shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("fmt", ["int", "onehot"])
+def test_conditional_latent_inferred_beside_its_labels(fmt: str) -> None:
+    # the first Linear takes z (5) and the label's embedding (4) concatenated: 9 features
+    model = toy_models.conditional(nz=5, num_classes=3)
+    assert infer_latent_shape(model, 3, fmt) == (5,)
+    source = make_input_source(model, InputOptions(num_classes=3, label_format=fmt))
+    assert source.description["shape"] == [5]
+    assert trial_forward(model, source, CPU).shape == (2, 1, 8, 8)
+    # without the labels the second input is missing, and the hint says so
+    with pytest.raises(ModelInputError, match="missing") as info:
+        infer_latent_shape(model)
+    assert "--num-classes" in (info.value.hint or "")
+
+
 def test_latents_files_two_inputs(tmp_path) -> None:
     z = torch.randn(10, 4, 1, 1)
     noise = np.random.default_rng(0).standard_normal((10, 6, 4, 4)).astype(np.float32)

@@ -48,13 +48,19 @@ class BaselineError(InvalidInputError):
 
 
 def fingerprint(
-    arch: str, arch_kwargs: Mapping[str, Any], module: str | None, records: Sequence[LayerRecord]
+    arch: str,
+    arch_kwargs: Mapping[str, Any],
+    module: str | None,
+    records: Sequence[LayerRecord],
+    arch_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Architecture identity: arch name and kwargs, audited submodule, and every layer's name,
-    type and input / output shapes in execution order."""
+    """Architecture identity: arch name, kwargs and configuration object (when one was given),
+    audited submodule, and every layer's name, type and input / output shapes in execution
+    order."""
     return {
         "arch": arch,
         "arch_kwargs": dict(sorted(arch_kwargs.items())),
+        **({} if arch_config is None else {"arch_config": json.loads(json.dumps(arch_config))}),
         "module": module,
         "layers": [_layer_text(r) for r in records],
     }
@@ -128,7 +134,7 @@ def read_baseline(path: str) -> Baseline:
 def check_fingerprint(baseline: Baseline, current: Mapping[str, Any]) -> None:
     """Refuse (exit 3) a baseline made from a different architecture, saying what differs."""
     old = baseline.fingerprint
-    for key in ("arch", "arch_kwargs", "module"):
+    for key in ("arch", "arch_kwargs", "arch_config", "module"):  # a missing key is None
         if old.get(key) != current.get(key):
             raise BaselineError(
                 f"baseline {baseline.path} was made from a different architecture: {key} "

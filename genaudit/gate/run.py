@@ -89,7 +89,7 @@ def run_gate(
     cover every analysable layer, so that the result can serve as a baseline. A stretch run that
     only default rules need and that does not apply drops those rules, with a note.
     """
-    fp = fingerprint(loaded.arch, loaded.arch_kwargs, loaded.module, records)
+    fp = fingerprint(loaded.arch, loaded.arch_kwargs, loaded.module, records, loaded.arch_config)
     targets = resolve_targets(cfg.rules, records)
     run_config = settings.to_dict()
     notes: list[str] = []

@@ -335,11 +335,34 @@ def _latent_guess(layer: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
+def _label_probe(num_classes: int, label_format: str) -> Callable[[int], torch.Tensor]:
+    """Labels of class 0 for ``n`` probe samples, as ints or one-hot vectors."""
+
+    def labels(n: int) -> torch.Tensor:
+        y = torch.zeros(n, dtype=torch.int64)
+        return nn.functional.one_hot(y, num_classes).float() if label_format == "onehot" else y
+
+    return labels
+
+
+def _label_widths(model: nn.Module, num_classes: int) -> list[int]:
+    """How many input features a label may take beside the latent: its one-hot width, or the
+    width of one of the model's embeddings."""
+    widths = [num_classes] + [
+        int(m.embedding_dim) for m in model.modules() if isinstance(m, nn.Embedding)
+    ]
+    return list(dict.fromkeys(widths))
+
+
+def infer_latent_shape(
+    model: nn.Module, num_classes: int | None = None, label_format: str = "int"
+) -> tuple[int, ...]:
     """Guess the latent shape from the first layer that runs, confirmed by a trial forward pass.
 
     ``Linear(in_features)`` → ``(in_features,)``; a ``ConvTranspose`` with ``in_channels`` C on a
-    1×1 grid → ``(C, 1, …, 1)``.
+    1×1 grid → ``(C, 1, …, 1)``. A conditional model (``num_classes``) is probed with labels as
+    its second input, and its first layer may take the label beside the latent (concatenated as
+    a one-hot vector or an embedding): the latent is then C minus the label's width.
     """
     info = getattr(model, "genaudit_input", None)
     if isinstance(info, zoo.InputInfo):
@@ -350,21 +373,30 @@ def infer_latent_shape(model: nn.Module) -> tuple[int, ...]:
         if all(type(n) is int for n in rest):
             return tuple(int(n) for n in rest)
     probe_batch = static_batch_size(model) or 2
+    device = _model_device(model)
+    labels = None if num_classes is None else _label_probe(num_classes, label_format)
+    widths = [0] if num_classes is None else [0, *_label_widths(model, num_classes)]
     tried: list[tuple[int, ...]] = []
     for layer in _first_parametrised_layers(model):
         shape = _latent_guess(layer)
-        if shape is None or shape in tried:
+        if shape is None:
             continue
-        tried.append(shape)
-        probe = (torch.zeros((probe_batch, *shape), device=_model_device(model)),)
-        try:
-            first = first_layer_run(model, probe)
-        except Exception:  # a failed trial just means this guess is wrong
-            continue
-        # confirmed when the layer that actually ran first takes exactly this latent
-        if first is not None and _latent_guess(first) == shape:
-            return shape
-    if (missing := missing_inputs(model, 1)) is not None:
+        for width in widths:
+            latent = (shape[0] - width, *shape[1:])
+            if latent[0] < 1 or latent in tried:
+                continue
+            tried.append(latent)
+            probe: tuple[torch.Tensor, ...] = (torch.zeros((probe_batch, *latent), device=device),)
+            if labels is not None:
+                probe += (labels(probe_batch).to(device),)
+            try:
+                first = first_layer_run(model, probe)
+            except Exception:  # a failed trial just means this guess is wrong
+                continue
+            # confirmed when the layer that actually ran first takes this layer's input
+            if first is not None and _latent_guess(first) == shape:
+                return latent
+    if (missing := missing_inputs(model, 1 if labels is None else 2)) is not None:
         raise ModelInputError(
             f"cannot infer the model's input: its {missing[0]}",
             f"pass {option('z_shape')} for the first; {missing[1]}",
@@ -411,7 +443,7 @@ def _make_input_source(model: nn.Module, options: InputOptions) -> InputSource:
         # no data given: the inventory still needs shapes, so probe with noise of the data's
         # shape; analyses that need real data check InputSource.description["kind"].
         return _probe_source(info.shape, options.seed)
-    shape = options.z_shape or infer_latent_shape(model)
+    shape = options.z_shape or infer_latent_shape(model, options.num_classes, options.label_format)
     return latent_source(
         shape,
         seed=options.seed,
