@@ -27,7 +27,7 @@ from .config import DEFAULT_TOLERANCE, Settings
 from .errors import UsageError
 from .io.limits import LIMITS
 from .model.hooks import eval_mode
-from .model.inputs import InputSource, callable_source, feeding, trial_forward
+from .model.inputs import InputSource, callable_source, feeding, held_source, trial_forward
 from .model.layers import LayerRecord, select_layers, walk_layers
 from .model.levels import split_selectors
 from .model.loading import LoadedModel, LoadOptions, load_model, resolve_device
@@ -55,14 +55,7 @@ def _tensors(tensors: Sequence[Tensor], describe: dict[str, Any]) -> InputSource
     if len(sizes) != 1 or -1 in sizes:
         shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
         raise UsageError(f"the inputs do not share a batch dimension ({shapes})")
-    (n,) = sizes
-    data = tuple(t.detach() for t in tensors)
-
-    def draw(start: int, stop: int) -> tuple[Tensor, ...]:
-        return tuple(t[start:stop] for t in data)
-
-    describe = {**describe, "shapes": [list(t.shape[1:]) for t in data], "num_samples": n}
-    return InputSource(describe, draw, available=n)
+    return held_source([t.detach() for t in tensors], describe)
 
 
 def _batch(item: Any, k: int) -> tuple[Tensor, ...]:

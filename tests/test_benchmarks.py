@@ -61,13 +61,19 @@ def test_startup_benchmark_runs_and_nothing_imports_torch(tmp_path: Path) -> Non
     assert all(r["imports_torch"] is False for r in rows[1:])
 
 
-def test_end_to_end_benchmark_runs(tmp_path: Path) -> None:
-    out = tmp_path / "e2e.json"
+def run_quick(script: str, out: Path) -> subprocess.CompletedProcess:
+    """``benchmarks/SCRIPT --quick --out OUT``; fails the test on a non-zero exit."""
     res = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_e2e.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_end_to_end_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    res = run_quick("bench_e2e.py", out)
     assert "vs forward" in res.stdout
     [row] = json.loads(out.read_text())["sizes"]
     assert row["num_samples"] == 32 and row["plain_s"]["min"] > 0 and row["genaudit_s"]["min"] > 0
@@ -76,11 +82,7 @@ def test_end_to_end_benchmark_runs(tmp_path: Path) -> None:
 
 def test_deep_benchmark_runs(tmp_path: Path) -> None:
     out = tmp_path / "deep.json"
-    res = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_deep.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_quick("bench_deep.py", out)
     assert "per layer kind" in res.stdout
     models = {m["model"]: m for m in json.loads(out.read_text())["models"]}
     assert set(models) == {"vocoder", "transformer"}

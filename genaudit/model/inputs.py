@@ -208,6 +208,16 @@ def _block_draws(
     return tuple(torch.cat(parts) for parts in zip(*per_block, strict=True))
 
 
+def format_labels(
+    labels: torch.Tensor, num_classes: int, label_format: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """Class indices as the model takes them: as they are (``int``), or one-hot vectors of
+    ``dtype`` (``onehot``)."""
+    if label_format == "onehot":
+        return nn.functional.one_hot(labels, num_classes).to(dtype)
+    return labels
+
+
 def latent_source(
     shape: tuple[int, ...],
     *,
@@ -232,9 +242,7 @@ def latent_source(
         if num_classes is None:
             return (z,)
         labels = torch.randint(0, num_classes, (n,), generator=gen)
-        if label_format == "onehot":
-            return (z, nn.functional.one_hot(labels, num_classes).to(z.dtype))
-        return (z, labels)
+        return (z, format_labels(labels, num_classes, label_format, z.dtype))
 
     def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
         return _block_draws(seed, start, stop, block)
@@ -253,18 +261,19 @@ def tensor_source(tensors: Sequence[torch.Tensor], files: Sequence[str], kind: s
             f"{Path(f).name}: {int(t.shape[0])}" for f, t in zip(files, tensors, strict=True)
         )
         raise ModelInputError(f"the input files do not share the batch dimension ({detail})")
-    (n,) = sizes
+    return held_source(tensors, {"kind": kind, "files": [str(f) for f in files]})
+
+
+def held_source(tensors: Sequence[torch.Tensor], describe: dict[str, Any]) -> InputSource:
+    """Samples held as tensors whose first dimensions agree (the caller checks it): the i-th
+    tensor is the i-th positional input; ``describe`` gains their shapes and count."""
+    n = int(tensors[0].shape[0])
 
     def draw(start: int, stop: int) -> tuple[torch.Tensor, ...]:
         return tuple(t[start:stop] for t in tensors)
 
-    describe = {
-        "kind": kind,
-        "files": [str(f) for f in files],
-        "shapes": [list(t.shape[1:]) for t in tensors],
-        "num_samples": n,
-    }
-    return InputSource(describe, draw, available=n)
+    shapes = [list(t.shape[1:]) for t in tensors]
+    return InputSource({**describe, "shapes": shapes, "num_samples": n}, draw, available=n)
 
 
 def sampler_source(spec: str, seed: int) -> InputSource:
@@ -340,7 +349,7 @@ def _label_probe(num_classes: int, label_format: str) -> Callable[[int], torch.T
 
     def labels(n: int) -> torch.Tensor:
         y = torch.zeros(n, dtype=torch.int64)
-        return nn.functional.one_hot(y, num_classes).float() if label_format == "onehot" else y
+        return format_labels(y, num_classes, label_format, torch.float32)
 
     return labels
 
